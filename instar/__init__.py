@@ -1,0 +1,22 @@
+"""instar: instance-level image search.
+
+    from instar import Index, search, evaluate, load_preset
+    index = Index.create("my.index", load_preset("rootsift-vlad"), train=list_images("train/"))
+    index.add(list_images("photos/"), root="photos/")
+    hits = search(index, "query.jpg", box=(120, 40, 380, 300), k=20)
+"""
+from .extractor import Extractor
+from .images import ImageLoadError, list_images
+from .index import Index
+from .presets import Preset, load_preset
+from .search import Hit, search
+
+
+def evaluate(*args, **kwargs):
+    """Evaluate a preset on a benchmark; see `instar.evaluation.evaluate.evaluate`."""
+    from .evaluation.evaluate import evaluate as _evaluate
+    return _evaluate(*args, **kwargs)
+
+
+__all__ = ["Extractor", "Hit", "ImageLoadError", "Index", "Preset", "evaluate", "list_images", "load_preset", "search"]
+__version__ = "0.1.0"

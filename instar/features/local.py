@@ -1,0 +1,32 @@
+"""Local features: RootSIFT through OpenCV (weight-free), with keypoint positions."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def rootsift_from_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """RootSIFT: L1-normalise each SIFT descriptor, then take the element-wise square root (Arandjelović & Zisserman).
+
+    (N, 128) float -> (N, 128) float32 with unit L2 norm.
+    """
+    d = np.asarray(descriptors, dtype=np.float32)
+    d = d / np.maximum(np.abs(d).sum(axis=1, keepdims=True), eps)
+    return np.sqrt(d)
+
+
+def rootsift(image: Image.Image, max_keypoints: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Detect SIFT keypoints on the grey image and describe them with RootSIFT.
+
+    Returns keypoints (N, 4) float32 [x, y, size, angle] in image pixels and descriptors (N, 128) float32,
+    the `max_keypoints` strongest by detector response (N may be 0).
+    """
+    grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    kps, desc = sift.detectAndCompute(grey, None)
+    if desc is None or not kps:
+        return np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32)
+    kps, desc = kps[:max_keypoints], desc[:max_keypoints]
+    points = np.array([[k.pt[0], k.pt[1], k.size, k.angle] for k in kps], dtype=np.float32)
+    return points, rootsift_from_sift(desc)

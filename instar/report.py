@@ -1,0 +1,71 @@
+"""A self-contained HTML page of search hits: the query with its box, then ranked thumbnails with scores and boxes."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+from . import images as imgs
+from .search import Hit
+
+THUMB = 256
+
+
+def _thumbnail_data_uri(path: Path | str, box: Sequence[float] | None, colour: str, size: int = THUMB) -> str:
+    image = imgs.load_image(path)
+    scale = size / max(image.size)
+    thumb = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    if box is not None and tuple(box) != (0, 0, image.width, image.height):
+        draw = ImageDraw.Draw(thumb)
+        draw.rectangle([v * scale for v in box], outline=colour, width=3)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def hits_html(query: Path | str, box: Sequence[float] | None, hits: Sequence[Hit], *, title: str = "instar search",
+              positives: set[str] | None = None) -> str:
+    """HTML text of a results page; images are embedded, so the page can be moved or mailed on its own.
+
+    `positives` (hit names known to be correct, e.g. from ground truth) marks each hit green or red.
+    """
+    esc = html.escape
+    cards = []
+    for h in hits:
+        verdict = ""
+        if positives is not None:
+            ok = h.name in positives
+            verdict = f' data-correct="{str(ok).lower()}" style="border-color:{"#2a2" if ok else "#c22"}"'
+        cards.append(
+            f'<figure class="hit"{verdict}><img src="{_thumbnail_data_uri(h.path, h.box, "#ff0")}" alt="{esc(h.name)}">'
+            f'<figcaption><b>#{h.rank}</b> {h.score:.4f}<br><span class="name">{esc(h.name)}</span></figcaption></figure>')
+    box_text = "whole image" if box is None else ", ".join(f"{v:g}" for v in box)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
+.query img {{ max-width: 320px; border: 3px solid #36c; }}
+.hits {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+figure.hit {{ margin: 0; padding: 6px; border: 3px solid #ccc; background: #fff; width: {THUMB}px; }}
+figure.hit img {{ max-width: {THUMB}px; max-height: {THUMB}px; display: block; }}
+.name {{ font-size: 0.8em; color: #555; word-break: break-all; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<section class="query"><h2>Query</h2>
+<img id="query" src="{_thumbnail_data_uri(query, box, "#36c", 320)}" alt="query">
+<p>{esc(str(query))} — box: {esc(box_text)}</p></section>
+<section><h2>{len(hits)} hits</h2><div class="hits">
+{chr(10).join(cards)}
+</div></section></body></html>
+"""
+
+
+def write_hits_html(out: Path | str, query: Path | str, box: Sequence[float] | None, hits: Sequence[Hit], **kw) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(hits_html(query, box, hits, **kw), encoding="utf-8")
+    return out

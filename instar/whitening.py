@@ -1,0 +1,89 @@
+"""Whitening stage: L2 and power normalisation, and PCA-whitening learned on a separate image set."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPS = 1e-12
+
+
+def l2n(x, axis: int = -1):
+    """L2-normalise along `axis` (numpy array or torch tensor); zero vectors stay zero."""
+    if isinstance(x, torch.Tensor):
+        return x / x.norm(dim=axis, keepdim=True).clamp_min(EPS)
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), EPS)
+
+
+def power_normalize(x, alpha: float = 0.5):
+    """Signed power normalisation sign(x)|x|^alpha (Jégou et al.; the survey's 'power-law' step)."""
+    if isinstance(x, torch.Tensor):
+        return x.sign() * x.abs().pow(alpha)
+    x = np.asarray(x, dtype=np.float32)
+    return np.sign(x) * np.abs(x) ** alpha
+
+
+class PCAWhitening:
+    """PCA-whitening: y = diag(lambda)^-1/2 U^T (x - mu), learned with `fit` on (N, D) float vectors.
+
+    Keeps the top `dim` principal directions (all by default). Directions whose eigenvalue is below
+    `rel_eps` times the largest are dropped, so the learned map is always finite; `dim_` is the kept count.
+    """
+
+    def __init__(self, dim: int | None = None, rel_eps: float = 1e-9):
+        self.dim = dim
+        self.rel_eps = rel_eps
+        self.mean_: np.ndarray | None = None        # (D,) float64
+        self.projection_: np.ndarray | None = None  # (D, dim_) float64
+        self.eigenvalues_: np.ndarray | None = None
+
+    @property
+    def dim_(self) -> int:
+        return 0 if self.projection_ is None else self.projection_.shape[1]
+
+    def fit(self, x: np.ndarray) -> "PCAWhitening":
+        """Learn the mean and whitening projection from (N, D) vectors, N >= 2."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"PCA-whitening needs at least 2 training vectors as an (N, D) array, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("PCA-whitening training vectors contain NaN or infinity")
+        mean = x.mean(axis=0)
+        xc = x - mean
+        cov = xc.T @ xc / (x.shape[0] - 1)
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1]
+        eigval, eigvec = eigval[order], eigvec[:, order]
+        keep = eigval > self.rel_eps * max(eigval[0], EPS)
+        n = int(keep.sum())
+        if self.dim is not None:
+            n = min(n, int(self.dim))
+        if n == 0:
+            raise ValueError("PCA-whitening training vectors have zero variance")
+        self.mean_ = mean
+        self.eigenvalues_ = eigval[:n]
+        self.projection_ = eigvec[:, :n] / np.sqrt(eigval[:n])
+        return self
+
+    def transform(self, x):
+        """Whiten (N, D) or (D,) vectors (numpy float32 or torch float32) to (N, dim_) / (dim_,), not normalised."""
+        if self.projection_ is None:
+            raise RuntimeError("PCAWhitening.transform called before fit")
+        if isinstance(x, torch.Tensor):
+            mean = torch.as_tensor(self.mean_, dtype=x.dtype, device=x.device)
+            proj = torch.as_tensor(self.projection_, dtype=x.dtype, device=x.device)
+            return (x - mean) @ proj
+        x = np.asarray(x, dtype=np.float32)
+        return ((x - self.mean_.astype(np.float32)) @ self.projection_.astype(np.float32)).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays to store with an index."""
+        return {"mean": self.mean_, "projection": self.projection_, "eigenvalues": self.eigenvalues_}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "PCAWhitening":
+        w = cls(dim=state["projection"].shape[1])
+        w.mean_ = np.asarray(state["mean"], dtype=np.float64)
+        w.projection_ = np.asarray(state["projection"], dtype=np.float64)
+        w.eigenvalues_ = np.asarray(state["eigenvalues"], dtype=np.float64)
+        return w
