@@ -126,7 +126,14 @@ class Extractor:
         w = self.preset["whitening"]
         if len(paths) > w["max_train_images"]:
             paths = [paths[i] for i in sorted(rng.choice(len(paths), w["max_train_images"], replace=False))]
-        loaded = [self.load(p) for p in progress(paths, desc="loading training images")]
+        loaded = []
+        for p in progress(paths, desc="loading training images"):
+            try:
+                loaded.append(self.load(p))
+            except imgs.ImageLoadError as e:
+                log.warning("training set: skipping %s", e)
+        if not loaded:
+            raise ValueError(f"preset {self.preset.name!r}: none of the {len(paths)} training images could be read")
         if self.method == "vlad":
             p = self.preset["pooling"]
             per_image = max(50, 200_000 // len(loaded))

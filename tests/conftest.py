@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle", "retina")
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    from skimage import data
+    out = getattr(data, name)()
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repository (CI puts it there); its absence is an error, not a skip."""
+    assert SHARED_DATA.is_dir(), f"{SHARED_DATA} is missing: clone the project with ../shared beside it"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """A folder of 8 real photographs (scikit-image's), shrunk to 256 px, plus one in a subfolder."""
+    root = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(_SOURCES):
+        im = Image.fromarray(skimage_photo(name)[..., :3])
+        im.thumbnail((256, 256))
+        target = root / ("sub" if i == 7 else "") / f"{name}.jpg"
+        target.parent.mkdir(exist_ok=True)
+        im.save(target, quality=92)
+    return root
+
+
+@pytest.fixture
+def fast_preset():
+    """The weight-free default preset, scaled down for tests (small codebook, few keypoints)."""
+    from instar.presets import load_preset
+    return load_preset("rootsift-vlad").with_overrides({"pooling.k": "8", "features.max_keypoints": "300", "image.max_size": "256"})
