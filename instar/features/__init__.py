@@ -1,0 +1,1 @@
+"""Feature extraction: CNN trunks and the descriptors built on them."""
