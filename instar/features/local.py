@@ -20,13 +20,14 @@ def rootsift(image: Image.Image, max_keypoints: int = 2000) -> tuple[np.ndarray,
     """Detect SIFT keypoints on the grey image and describe them with RootSIFT.
 
     Returns keypoints (N, 4) float32 [x, y, size, angle] in image pixels and descriptors (N, 128) float32,
-    the `max_keypoints` strongest by detector response (N may be 0).
+    the `max_keypoints` strongest by detector response (0: all of them; N may be 0).
     """
     grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    sift = cv2.SIFT_create(nfeatures=max(0, max_keypoints))
     kps, desc = sift.detectAndCompute(grey, None)
     if desc is None or not kps:
         return np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32)
-    kps, desc = kps[:max_keypoints], desc[:max_keypoints]
+    if max_keypoints > 0:
+        kps, desc = kps[:max_keypoints], desc[:max_keypoints]
     points = np.array([[k.pt[0], k.pt[1], k.size, k.angle] for k in kps], dtype=np.float32)
     return points, rootsift_from_sift(desc)

@@ -1,0 +1,203 @@
+"""`instar` command line: index, search, eval, presets, download, demo. Composes the stages; holds no logic of its own."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from tqdm import tqdm
+
+from .images import ImageLoadError, list_images
+from .index import Index, IndexError_
+from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="instar: instance-level image search (index a folder, search it with an image or a box, evaluate presets).")
+
+
+def _progress(quiet: bool):
+    def wrap(it, desc: str = ""):
+        return it if quiet else tqdm(it, desc=desc, unit="img", leave=False, file=sys.stderr)
+    return wrap
+
+
+def _overrides(sets: list[str] | None, weights: str | None) -> dict:
+    out = {}
+    for item in sets or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. pooling.p=4")
+        out[key.strip()] = value.strip()
+    if weights:
+        out["features.weights"] = weights
+    return out
+
+
+def _parse_box(box: str | None):
+    if box is None:
+        return None
+    try:
+        values = [float(v) for v in box.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--box {box!r}: expected four numbers x0,y0,x1,y1") from None
+    if len(values) != 4:
+        raise typer.BadParameter(f"--box {box!r}: expected four numbers x0,y0,x1,y1")
+    return values
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
+WeightsOpt = typer.Option(None, "--weights", help="CNN weights: imagenet (torchvision's file), random:SEED, a .pth path or a URL.")
+
+
+@app.command()
+def index(photos: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+          out: Path = typer.Option(..., "--out", "-o", help="Index directory to create, or to resume / add to."),
+          preset: Optional[str] = typer.Option(None, help=f"Preset name or .toml file (default {DEFAULT_PRESET}; an existing index keeps its own)."),
+          train: Optional[Path] = typer.Option(None, help="Separate folder of images to learn the codebook / whitening on (default: the indexed photos)."),
+          sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
+          batch_size: int = typer.Option(16, help="Images per commit; an interruption loses at most one batch."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Index a folder of photos; re-running resumes an interrupted run and adds new or changed files."""
+    try:
+        paths = list_images(photos)
+        if not paths:
+            _fail(f"{photos}: no image files found")
+        if out.exists():
+            idx = Index.open(out)
+            if preset is not None and load_preset(preset).with_overrides(_overrides(sets, weights)).to_toml() != idx.preset.to_toml():
+                _fail(f"{out}: was built with another preset configuration ({idx.preset.name}); "
+                      "omit --preset/--set to add to it, or choose another --out")
+            typer.echo(f"resuming {out}: {len(idx)} images already indexed", err=True)
+        else:
+            p = load_preset(preset or DEFAULT_PRESET).with_overrides(_overrides(sets, weights))
+            train_paths = list_images(train) if train else paths
+            trained_on = str(train) if train else f"the indexed collection {photos}"
+            idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=_progress(quiet))
+        with idx:
+            report = idx.add(paths, root=photos, batch_size=batch_size, progress=_progress(quiet))
+            typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
+                       f"unchanged {report.unchanged}, unreadable {len(report.failed)}), preset {idx.preset.name}, dim {idx.dim}")
+            for path, reason in report.failed:
+                typer.secho(f"  skipped {path}: {reason}", fg="yellow", err=True)
+    except (PresetError, IndexError_, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path = typer.Argument(...),
+           box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in the query image's pixels."),
+           k: int = typer.Option(20, "-k", help="Number of hits."),
+           expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
+           html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
+           as_json: bool = typer.Option(False, "--json", help="Print hits as JSON.")):
+    """Search an index with a query image, or a box drawn on it."""
+    from .report import write_hits_html
+    from .search import search as run_search
+    try:
+        with Index.open(index_dir) as idx:
+            hits = run_search(idx, query, box=_parse_box(box), k=k, expansion=expansion)
+    except (IndexError_, ImageLoadError, PresetError, ValueError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([h.__dict__ for h in hits], indent=1))
+    else:
+        for h in hits:
+            typer.echo(f"{h.rank:4d}  {h.score:.4f}  {h.name}")
+    if html:
+        write_hits_html(html, query, _parse_box(box), hits, title=f"instar: {query.name}")
+        typer.echo(f"wrote {html}", err=True)
+
+
+@app.command("eval")
+def eval_(dataset: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k, paris6k, holidays, ukbench, folder, or NAME with a gnd_NAME.pkl in --data."),
+          data: Optional[Path] = typer.Option(None, help="Dataset folder (published layout)."),
+          gnd: Optional[Path] = typer.Option(None, help="Revisited ground-truth pickle, if not in --data."),
+          images: Optional[Path] = typer.Option(None, help="Image folder, if not in --data."),
+          preset: str = typer.Option(DEFAULT_PRESET, help="Preset name or .toml file."),
+          train: Optional[Path] = typer.Option(None, help="Separate image folder for codebook / whitening (default: the database itself, reported as such)."),
+          workdir: Optional[Path] = typer.Option(None, help="Keep the index here (resumable, reused)."),
+          expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
+          sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
+          as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Evaluate a preset on a benchmark and print its table (revisited: Easy/Medium/Hard mAP and mP@1,5,10)."""
+    from .evaluation.evaluate import evaluate
+    try:
+        result = evaluate(dataset, preset, data=data, gnd=gnd, images=images, train=train, workdir=workdir,
+                          overrides=_overrides(sets, weights), expansion=expansion, progress=_progress(quiet))
+    except (PresetError, IndexError_, ImageLoadError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(result.table())
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    if as_json:
+        as_json.write_text(json.dumps({"dataset": result.dataset, "preset": result.preset.name, "expansion": result.expansion,
+                                       "trained_on": result.trained_on, "metrics": result.report.metrics}, indent=1, default=float))
+
+
+@app.command()
+def presets():
+    """List the built-in presets and what they are."""
+    for name in builtin_names():
+        p = load_preset(name)
+        f, pool, w, s = p["features"], p["pooling"], p["whitening"], p["search"]
+        trunk = "RootSIFT (OpenCV)" if f["type"] == "rootsift" else f"{f['arch']} ({f['weights']}), scales {f['scales']}"
+        default = "  [default]" if name == DEFAULT_PRESET else ""
+        typer.echo(f"{name}{default}\n    {p.description}\n    features: {trunk}; pooling: {pool['method']}; "
+                   f"whitening: {w['method']}; expansion: {s['expansion']}\n    from: {p.reference}")
+
+
+@app.command()
+def download(name: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k, paris6k, holidays or ukbench."),
+             dest: Path = typer.Option(Path("data"), "--dir", help="Where to put it."),
+             mirror: Optional[str] = typer.Option(None, help="Fetch the same file names from this base URL instead (also INSTAR_DATA_MIRROR).")):
+    """Download a benchmark from its official URLs and lay it out as `instar eval` reads it."""
+    from .evaluation.download import download_dataset
+    try:
+        folder = download_dataset(name, dest, mirror=mirror)
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"{name} is in {folder}; evaluate with: instar eval {name} --data {folder}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo collection, index and HTML page."),
+         preset: str = typer.Option(DEFAULT_PRESET, help="Preset to run."),
+         quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Build the demo collection from scikit-image's photographs, index it, evaluate it and write an HTML page of hits."""
+    from .demo import build_demo
+    from .evaluation.datasets import load_dataset
+    from .evaluation.evaluate import evaluate
+    from .report import write_hits_html
+    from .search import search as run_search
+    collection = build_demo(out / "collection")
+    ds = load_dataset("folder", data=collection)
+    result = evaluate(ds, preset, train=collection / "train", workdir=out, progress=_progress(quiet))
+    typer.echo(result.table())
+    q = ds.queries[0]
+    with Index.open(result.index_path) as idx:
+        hits = run_search(idx, q.image, box=q.box, k=12)
+    positives = _folder_positives(collection, q.name)
+    page = write_hits_html(out / "hits.html", q.image, q.box, hits, title=f"instar demo: query {q.name}", positives=positives)
+    typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
+
+
+def _folder_positives(collection: Path, query_name: str) -> set[str]:
+    spec = json.loads((collection / "queries.json").read_text())
+    return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()
