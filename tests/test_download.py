@@ -15,7 +15,8 @@ from PIL import Image
 
 from instar.evaluation import download as dl
 from instar.evaluation.datasets import load_dataset
-from instar.evaluation.download import DownloadError, UnsafeArchiveError, download_dataset, extract_archive, resolve_url
+from instar.evaluation.download import DownloadError, UnsafeArchiveError, download_dataset, extract_archive
+from instar.urls import mirror_url
 
 
 def _jpg_bytes(color=(10, 200, 30)) -> bytes:
@@ -178,10 +179,10 @@ def test_holidays_from_local_folder_mirror(tmp_path):
     assert [q.name for q in ds.queries] == ["100000", "100100"]
 
 
-def test_resolve_url():
-    assert resolve_url("https://a.b/c/d/file.tgz", None) == "https://a.b/c/d/file.tgz"
-    assert resolve_url("https://a.b/c/d/file.tgz", "http://m.x/data/") == "http://m.x/data/file.tgz"
-    assert resolve_url("ftp://a.b/x/jpg1.tar.gz", "http://m.x") == "http://m.x/jpg1.tar.gz"
+def test_mirror_url():
+    assert mirror_url("https://a.b/c/d/file.tgz", None) == "https://a.b/c/d/file.tgz"
+    assert mirror_url("https://a.b/c/d/file.tgz", "http://m.x/data/") == "http://m.x/data/file.tgz"
+    assert mirror_url("ftp://a.b/x/jpg1.tar.gz", "http://m.x") == "http://m.x/jpg1.tar.gz"
 
 
 def test_unknown_dataset():

@@ -33,13 +33,15 @@ import shutil
 import stat
 import tarfile
 import urllib.error
-import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from instar.images import IMAGE_EXTENSIONS
+from instar.urls import mirror_url, url_basename
 
 __all__ = [
     "DownloadError",
@@ -51,7 +53,6 @@ __all__ = [
     "download_dataset",
     "fetch",
     "extract_archive",
-    "resolve_url",
 ]
 
 MIRROR_ENV = "INSTAR_DATA_MIRROR"
@@ -84,11 +85,7 @@ class Source:
 
     @property
     def basename(self) -> str:
-        return _basename(self.urls[0])
-
-
-def _basename(url: str) -> str:
-    return PurePosixPath(urllib.parse.urlparse(url).path).name
+        return url_basename(self.urls[0])
 
 
 _VGG_OX = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
@@ -120,14 +117,6 @@ KNOWN_MD5: dict[str, str] = {
     "gnd_roxford5k.pkl": "f2b67579f625a587b5b0828dbf2e8eb0",
     "gnd_rparis6k.pkl": "2feae0a8257a5c6ca1b31b8eb73c8571",
 }
-
-
-def resolve_url(url: str, mirror: str | None) -> str:
-    """The address to fetch `url` from: itself, or ``mirror/<basename>`` (a local folder mirror becomes a file:// URL)."""
-    if not mirror:
-        return url
-    base = mirror if "://" in mirror else Path(mirror).expanduser().resolve().as_uri()
-    return base.rstrip("/") + "/" + _basename(url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,29 +170,20 @@ def fetch(url: str, target: Path, *, md5: str | None = None, progress: bool = Tr
             raise DownloadError(f"{url}: checksum mismatch (MD5 {h.hexdigest()}, expected {md5}); file discarded")
         os.replace(part, target)
     except urllib.error.HTTPError as e:
-        _remove(part)
         raise DownloadError(f"{url}: HTTP error {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
-        _remove(part)
         raise DownloadError(f"{url}: cannot download ({e.reason})") from None
     except DownloadError:
-        _remove(part)
         raise
     except Exception as e:  # network/socket/HTTP protocol errors, disk full, ...
-        _remove(part)
         raise DownloadError(f"{url}: download failed ({type(e).__name__}: {e})") from e
-    except BaseException:  # KeyboardInterrupt and the like: no partial file, then propagate
+    finally:  # success renamed it away; any failure, KeyboardInterrupt included, leaves no partial file
         _remove(part)
-        raise
     return target
 
 
 def _bar(total: int | None, desc: str, progress: bool):
     if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
 
@@ -214,7 +194,7 @@ def _fetch_any(src: Source, target: Path, mirror: str | None, progress: bool) ->
     errors = []
     tried = set()
     for url in src.urls:
-        actual = resolve_url(url, mirror)
+        actual = mirror_url(url, mirror)
         if actual in tried:
             continue
         tried.add(actual)
@@ -263,20 +243,20 @@ def extract_archive(archive: Path, dest: Path, want=None, progress: bool = False
     root = dest.resolve()
     written: list[Path] = []
 
-    def target_for(parts: tuple[str, ...]) -> Path:
+    def take(parts: tuple[str, ...], open_member) -> None:
+        """Write one checked regular file, if `want` selects it; `open_member()` gives its byte stream."""
+        if want is not None and not want(parts):
+            return
         t = dest.joinpath(*parts)
         if not t.resolve().is_relative_to(root):
             raise UnsafeArchiveError(f"{archive}: member {'/'.join(parts)!r} would be written outside {dest}")
-        return t
+        with open_member() as src:
+            _copy_stream(src, t)
+        written.append(t)
+        if bar is not None:
+            bar.update(1)
 
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(unit=" files", desc=f"extract {archive.name}", leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = tqdm(unit=" files", desc=f"extract {archive.name}", leave=False) if progress else None
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -287,14 +267,7 @@ def extract_archive(archive: Path, dest: Path, want=None, progress: bool = False
                         raise UnsafeArchiveError(f"{archive}: refusing to extract symbolic link {info.filename!r}")
                     if info.is_dir() or not parts:
                         continue
-                    if want is not None and not want(parts):
-                        continue
-                    t = target_for(parts)
-                    with zf.open(info) as src:
-                        _copy_stream(src, t)
-                    written.append(t)
-                    if bar is not None:
-                        bar.update(1)
+                    take(parts, lambda: zf.open(info))
         else:
             try:
                 tf = tarfile.open(archive, "r:*")
@@ -309,17 +282,7 @@ def extract_archive(archive: Path, dest: Path, want=None, progress: bool = False
                         continue
                     if not m.isfile():
                         raise UnsafeArchiveError(f"{archive}: refusing to extract special file {m.name!r}")
-                    if want is not None and not want(parts):
-                        continue
-                    t = target_for(parts)
-                    src = tf.extractfile(m)
-                    if src is None:  # pragma: no cover - regular files always have data
-                        continue
-                    with src:
-                        _copy_stream(src, t)
-                    written.append(t)
-                    if bar is not None:
-                        bar.update(1)
+                    take(parts, lambda: tf.extractfile(m))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise DownloadError(f"{archive}: damaged archive ({type(e).__name__}: {e})") from None
     finally:

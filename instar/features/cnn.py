@@ -15,13 +15,14 @@ import os
 import re
 from pathlib import Path
 from typing import Iterable, Mapping
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from ..urls import mirror_url, url_basename
 
 ARCHITECTURES = ("vgg16", "resnet50", "resnet101")
 
@@ -228,7 +229,7 @@ def _cache_dir() -> Path:
 def _download(url: str) -> tuple[object, str]:
     """Fetch ``url`` through torch.hub's cache ($TORCH_HOME/hub/checkpoints), checking the
     sha256 prefix in the file name when there is one. Returns (loaded object, cached path)."""
-    filename = os.path.basename(urlparse(url).path)
+    filename = url_basename(url)
     if not filename:
         raise WeightsError(f"weights URL {url} does not end with a file name")
     cached = _cache_dir() / filename
@@ -250,13 +251,6 @@ def _download(url: str) -> tuple[object, str]:
             f"or set a mirror with {MIRROR_ENV}), or use 'random:SEED' for random weights."
         ) from e
     return obj, str(cached)
-
-
-def _mirror_url(official: str, mirror: str) -> str:
-    base = os.path.basename(urlparse(official).path)
-    if "://" not in mirror:  # a local directory
-        return Path(mirror).expanduser().resolve().as_uri().rstrip("/") + "/" + base
-    return mirror.rstrip("/") + "/" + base
 
 
 def _split_checkpoint(obj: object, source: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -390,11 +384,8 @@ def load_trunk(arch: str, weights: str, *, mirror: str | None = None) -> tuple[n
 
     model = build_trunk(arch)
     if weights == "imagenet":
-        url = TORCHVISION_URLS[arch]
         mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
-        if mirror:
-            url = _mirror_url(url, mirror)
-        obj, source = _download(url)
+        obj, source = _download(mirror_url(TORCHVISION_URLS[arch], mirror))
     elif weights.startswith(("http://", "https://", "file://")):
         obj, source = _download(weights)
     else:
@@ -443,17 +434,13 @@ def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] =
         s = float(s)
         if not s > 0:
             raise ValueError(f"scales must be positive, got {s}")
-        if s == 1.0:
+        nh, nw = (h, w) if s == 1.0 else (int(h * s), int(w * s))
+        if nh < MIN_INPUT_SIZE or nw < MIN_INPUT_SIZE:
+            xs = F.interpolate(x, size=(max(nh, MIN_INPUT_SIZE), max(nw, MIN_INPUT_SIZE)),
+                               mode="bilinear", align_corners=False)
+        elif s == 1.0:
             xs = x
         else:
-            nh, nw = int(h * s), int(w * s)
-            if nh >= MIN_INPUT_SIZE and nw >= MIN_INPUT_SIZE:
-                xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            else:
-                xs = F.interpolate(x, size=(max(nh, MIN_INPUT_SIZE), max(nw, MIN_INPUT_SIZE)),
-                                   mode="bilinear", align_corners=False)
-        if xs.shape[-2] < MIN_INPUT_SIZE or xs.shape[-1] < MIN_INPUT_SIZE:
-            xs = F.interpolate(xs, size=(max(xs.shape[-2], MIN_INPUT_SIZE), max(xs.shape[-1], MIN_INPUT_SIZE)),
-                               mode="bilinear", align_corners=False)
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         out.append(model(xs)[0].to(device="cpu", dtype=torch.float32))
     return out
