@@ -101,9 +101,10 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
     """Search an index with a query image, or a box drawn on it."""
     from .report import write_hits_html
     from .search import search as run_search
+    query_box = _parse_box(box)
     try:
         with Index.open(index_dir) as idx:
-            hits = run_search(idx, query, box=_parse_box(box), k=k, expansion=expansion)
+            hits = run_search(idx, query, box=query_box, k=k, expansion=expansion)
     except (IndexError_, ImageLoadError, PresetError, ValueError) as e:
         _fail(str(e))
     if as_json:
@@ -112,7 +113,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
         for h in hits:
             typer.echo(f"{h.rank:4d}  {h.score:.4f}  {h.name}")
     if html:
-        write_hits_html(html, query, _parse_box(box), hits, title=f"instar: {query.name}")
+        write_hits_html(html, query, query_box, hits, title=f"instar: {query.name}")
         typer.echo(f"wrote {html}", err=True)
 
 

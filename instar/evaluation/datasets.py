@@ -35,7 +35,7 @@ import numpy as np
 
 from instar.images import IMAGE_EXTENSIONS, list_images
 
-from .metrics import DEFAULT_KAPPAS, compute_map, ns_hits, revisited_protocols
+from .metrics import DEFAULT_KAPPAS, compute_map, map_summary, ns_hits, revisited_protocols
 
 __all__ = [
     "DatasetError",
@@ -203,9 +203,7 @@ class Dataset:
             per_query = {p: _per_query(names, d["aps"]) for p, d in res.items()}
             return Report(self.name, metrics, per_query)
         m, aps, mpr, _ = compute_map(r, self.ground_truth, self.kappas)
-        metrics: dict[str, Any] = {"map": float(m)}
-        for k, v in zip(self.kappas, mpr):
-            metrics[f"mp@{int(k)}"] = float(v)
+        metrics: dict[str, Any] = map_summary(m, mpr, self.kappas)
         per_query: dict[str, Any] = {"all": _per_query(names, aps)}
         if self.kind == "ukbench":
             qidx = np.array([q.db_index for q in self.queries], dtype=np.int64)
@@ -267,6 +265,20 @@ def _box(values: Any, source: str) -> Box | None:
     if not (b[2] > b[0] and b[3] > b[1]):
         raise DatasetError(f"{source}: box {b} is empty (need x1 > x0 and y1 > y0)")
     return (b[0], b[1], b[2], b[3])
+
+
+def _images_by_number(images_dir: Path, pattern: re.Pattern, expected: str, twice_hint: str = "") -> dict[int, Path]:
+    """{number: file} for every image below `images_dir`, its stem fully matching `pattern` (group 1: the number)."""
+    by_num: dict[int, Path] = {}
+    for p in list_images(images_dir):
+        m = pattern.fullmatch(p.stem)
+        if not m:
+            raise DatasetError(f"{p}: not a {expected}")
+        k = int(m.group(1))
+        if k in by_num:
+            raise DatasetError(f"{images_dir}: image {k} found twice ({by_num[k]} and {p}){twice_hint}")
+        by_num[k] = p
+    return by_num
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,18 +439,8 @@ def load_ukbench(images_dir: Path | str, name: str = "ukbench") -> Dataset:
     Incomplete groups are accepted (then the best N-S score is below 4).
     """
     images_dir = _require_dir(images_dir, "image folder")
-    files = list_images(images_dir)
-    by_num: dict[int, Path] = {}
-    for p in files:
-        m = _UKBENCH_RE.fullmatch(p.stem)
-        if not m:
-            raise DatasetError(f"{p}: not a UKBench image name (expected ukbenchNNNNN.jpg with 5 digits)")
-        k = int(m.group(1))
-        if k in by_num:
-            raise DatasetError(
-                f"{images_dir}: image {k} found twice ({by_num[k]} and {p}); point to the folder of full-size images (e.g. full/)"
-            )
-        by_num[k] = p
+    by_num = _images_by_number(images_dir, _UKBENCH_RE, "UKBench image name (expected ukbenchNNNNN.jpg with 5 digits)",
+                               "; point to the folder of full-size images (e.g. full/)")
     if not by_num:
         raise MissingImagesError(f"{images_dir}: no UKBench images (ukbenchNNNNN.jpg) below this folder")
     nums = sorted(by_num)
@@ -459,7 +461,7 @@ def load_ukbench(images_dir: Path | str, name: str = "ukbench") -> Dataset:
     )
 
 
-_HOLIDAYS_RE = re.compile(r"\d{6}")
+_HOLIDAYS_RE = re.compile(r"(\d{6})")
 
 
 def load_holidays(images_dir: Path | str, name: str = "holidays") -> Dataset:
@@ -471,15 +473,7 @@ def load_holidays(images_dir: Path | str, name: str = "holidays") -> Dataset:
     script. Positives = the other images of the group. Metric: mAP (and mP@k).
     """
     images_dir = _require_dir(images_dir, "image folder")
-    files = list_images(images_dir)
-    by_num: dict[int, Path] = {}
-    for p in files:
-        if not _HOLIDAYS_RE.fullmatch(p.stem):
-            raise DatasetError(f"{p}: not a Holidays image name (expected six digits, e.g. 100000.jpg)")
-        k = int(p.stem)
-        if k in by_num:
-            raise DatasetError(f"{images_dir}: image {p.stem} found twice ({by_num[k]} and {p})")
-        by_num[k] = p
+    by_num = _images_by_number(images_dir, _HOLIDAYS_RE, "Holidays image name (expected six digits, e.g. 100000.jpg)")
     if not by_num:
         raise MissingImagesError(f"{images_dir}: no Holidays images (NNNNNN.jpg) below this folder")
     nums = sorted(by_num)
@@ -545,12 +539,7 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
         raise MissingImagesError(f"{db_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) below the database folder")
     names = [p.relative_to(db_dir).as_posix() for p in files]
     index = {n: i for i, n in enumerate(names)}
-    resolved = {}
-    for i, p in enumerate(files):
-        try:
-            resolved[p.resolve()] = i
-        except OSError:
-            pass
+    resolved = {p.resolve(): i for i, p in enumerate(files)}
     queries, ground_truth, seen = [], [], set()
     for qi, q in enumerate(spec["queries"]):
         src = f"{spec_path}: queries[{qi}]"

@@ -33,6 +33,7 @@ __all__ = [
     "average_precision",
     "positive_positions",
     "compute_map",
+    "map_summary",
     "revisited_protocols",
     "ns_score",
     "ns_hits",
@@ -168,6 +169,13 @@ def compute_map(
     return total / n, aps, mpr / n, prs
 
 
+def map_summary(m: float, mpr: Sequence[float], kappas: Sequence[int] = DEFAULT_KAPPAS) -> dict[str, float]:
+    """``{'map': m, 'mp@k': ...}`` as plain floats, from `compute_map`'s mAP and mean precisions."""
+    out = {"map": float(m)}
+    out.update({f"mp@{int(k)}": float(v) for k, v in zip(kappas, mpr)})
+    return out
+
+
 def _cat(*parts) -> np.ndarray:
     arrays = [np.asarray(p, dtype=np.int64).reshape(-1) for p in parts]
     return np.concatenate(arrays) if arrays else np.empty(0, np.int64)
@@ -204,9 +212,7 @@ def revisited_protocols(
     out: dict[str, dict] = {}
     for proto, make in setups.items():
         m, aps, mpr, prs = compute_map(ranks, [make(g) for g in gnd_entries], kappas)
-        res: dict = {"map": float(m)}
-        for k, v in zip(kappas, mpr):
-            res[f"mp@{int(k)}"] = float(v)
+        res: dict = map_summary(m, mpr, kappas)
         res["aps"] = aps
         res["prs"] = prs
         out[proto] = res
