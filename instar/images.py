@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .registry import IMAGE
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_MAX_SIZE = 1024
 
@@ -98,3 +100,14 @@ def content_hash(path: Path | str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@IMAGE.register("image")
+class ImageStage:
+    """Load (EXIF-rotated RGB), crop to the query box at full resolution, shrink so the longest side <= max_size."""
+
+    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE):
+        self.max_size = max_size
+
+    def __call__(self, path: Path | str, box: Sequence[float] | None = None) -> Image.Image:
+        return prepare(path, self.max_size, box)

@@ -1,15 +1,20 @@
 """Pooling stage: conv feature maps (..., C, H, W) -> global vectors (..., C); local descriptors -> VLAD.
 
-Every CNN pooling reduces the last two (spatial) dimensions of a float32 torch tensor and returns the
-un-normalised vector; the extractor applies the L2 / whitening steps each method prescribes.
+The functions are the papers' layers: each CNN pooling reduces the last two (spatial) dimensions of a
+float32 torch tensor and returns the un-normalised vector. The registered entries of `POOLINGS` (selected by
+a preset's `pooling.method`) wrap them into stage objects: `stage(views, regions, whiten)` turns one image's
+features (one map per scale, or one set of local descriptors) into its (D,) float32 vector before
+image-level whitening.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from .codebook import Codebook
+from .registry import POOLINGS
 from .whitening import l2n, power_normalize
 
 
@@ -98,4 +103,133 @@ def vlad(descriptors: np.ndarray, centroids: np.ndarray, assignments: np.ndarray
     return l2n(v).astype(np.float32)
 
 
-POOLINGS: dict[str, Callable] = {"mac": mac, "spoc": spoc, "sum": sum_pool, "gem": gem, "crow": crow}
+# ------------------------------------------------------------------------------------------ stage entries
+
+Whiten = Callable[[torch.Tensor], torch.Tensor]
+
+
+class MapPooling:
+    """Base of the poolings over CNN maps: each scale's (C, h, w) map is pooled and L2-normalised, the scales
+    are summed and the sum L2-normalised (cirtorch's multi-scale rule). Subclasses define `pool_map`."""
+    input_kind = "maps"      # what the features stage must produce
+    needs_regions = False    # pools over the regions stage's boxes
+    whitens_regions = False  # the whitening is learned on, and applied to, region vectors (R-MAC)
+    learns = False
+
+    def pool_map(self, fmap: torch.Tensor, regions, whiten: Whiten | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, maps: Sequence[torch.Tensor], regions, whiten: Whiten | None = None) -> np.ndarray:
+        """One image's maps (one per scale) -> (D,) float32, L2-normalised."""
+        v = sum(self.pool_map(fmap, regions, whiten) for fmap in maps)
+        return l2n(v).numpy().astype(np.float32)
+
+    def whitening_inputs(self, maps: Sequence[torch.Tensor], regions) -> np.ndarray:
+        """The vectors of one image that an image-level whitening is learned on: (1, D) float32."""
+        return self(maps, regions)[None]
+
+
+@POOLINGS.register("mac")
+class MACPooling(MapPooling):
+    """MAC: per-channel maximum (Tolias et al.; survey sec. 4.2.1)."""
+
+    def pool_map(self, fmap, regions, whiten):
+        return l2n(mac(fmap))
+
+
+@POOLINGS.register("spoc")
+class SPoCPooling(MapPooling):
+    """SPoC: centre-prior weighted sum (Babenko & Lempitsky; survey sec. 4.2.1)."""
+
+    def __init__(self, *, center_prior: bool = True):
+        self.center_prior = center_prior
+
+    def pool_map(self, fmap, regions, whiten):
+        return l2n(spoc(fmap, self.center_prior))
+
+
+@POOLINGS.register("sum")
+class SumPooling(MapPooling):
+    """Sum pooling, the IPA-sum filter of Salvador et al. (sec. 3.1)."""
+
+    def pool_map(self, fmap, regions, whiten):
+        return l2n(sum_pool(fmap))
+
+
+@POOLINGS.register("gem")
+class GeMPooling(MapPooling):
+    """GeM with exponent p (Radenović et al.; survey sec. 4.2.1)."""
+
+    def __init__(self, *, p: float = 3.0):
+        self.p = p
+
+    def pool_map(self, fmap, regions, whiten):
+        return l2n(gem(fmap, self.p))
+
+
+@POOLINGS.register("crow")
+class CroWPooling(MapPooling):
+    """CroW: cross-dimensional weighted sum (Kalantidis et al.; survey sec. 4.2.1)."""
+
+    def __init__(self, *, a: float = 2.0, b: float = 2.0):
+        self.a, self.b = a, b
+
+    def pool_map(self, fmap, regions, whiten):
+        return l2n(crow(fmap, self.a, self.b))
+
+
+@POOLINGS.register("rmac")
+class RMACPooling(MapPooling):
+    """R-MAC: region MACs over the regions stage's boxes, each L2 -> whitening -> L2, summed (R-MAC paper sec. 3.1)."""
+    needs_regions = True
+    whitens_regions = True
+
+    def pool_map(self, fmap, regions, whiten):
+        return rmac(fmap, regions(fmap), whiten)
+
+    def whitening_inputs(self, maps, regions):
+        """Every L2-normalised region MAC of every scale: (sum of R over scales, C) float32."""
+        return np.concatenate([l2n(region_mac(fmap, regions(fmap))).numpy() for fmap in maps])
+
+
+@POOLINGS.register("vlad")
+class VLADPooling:
+    """VLAD over a k-means codebook learned on the training images' local descriptors (survey eq. 4-5)."""
+    input_kind = "local"
+    needs_regions = False
+    whitens_regions = False
+    learns = True
+
+    def __init__(self, *, k: int = 64, power: float = 0.5, intra: bool = True, niter: int = 20, seed: int = 0):
+        self.k, self.power, self.intra, self.niter, self.seed = k, power, intra, niter, seed
+        self.codebook: Codebook | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.codebook is not None
+
+    def fit(self, local_sets: Iterable, n_images: int, rng: np.random.Generator) -> "VLADPooling":
+        """Learn the codebook from the training images' local features (at most ~200k descriptors in all)."""
+        per_image = max(50, 200_000 // max(n_images, 1))
+        chunks = []
+        for local in local_sets:
+            d = local.descriptors
+            if len(d) > per_image:
+                d = d[rng.choice(len(d), per_image, replace=False)]
+            chunks.append(d)
+        self.codebook = Codebook(self.k, self.niter, self.seed).fit(np.concatenate(chunks))
+        return self
+
+    def __call__(self, local, regions=None, whiten=None) -> np.ndarray:
+        d = local.descriptors
+        return vlad(d, self.codebook.centroids, self.codebook.assign(d), power=self.power, intra=self.intra)
+
+    def whitening_inputs(self, local, regions) -> np.ndarray:
+        return self(local)[None]
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"codebook.{k}": v for k, v in self.codebook.state().items()} if self.codebook is not None else {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if "codebook.centroids" in state:
+            self.codebook = Codebook.from_state({"centroids": state["codebook.centroids"]})

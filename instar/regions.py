@@ -1,9 +1,15 @@
-"""Region stage: rigid multi-scale grids of square regions on a conv feature map."""
+"""Region stage: boxes on a conv feature map, as (R, 4) int64 [x0, y0, x1, y1) cells.
+
+The functions compute the boxes; the entries of `REGIONS` (a preset's `regions.method`) are the stage objects
+the extractor calls as `regions(fmap)` with a (C, h, w) map.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from .registry import REGIONS
 
 
 def _positions(size: int, width: int, count: int) -> list[int]:
@@ -60,3 +66,22 @@ def box_to_cells(box, image_size: tuple[int, int], map_size: tuple[int, int]) ->
     cx1 = int(np.clip(math.ceil(x1 / W * w), cx0 + 1, w))
     cy1 = int(np.clip(math.ceil(y1 / H * h), cy0 + 1, h))
     return np.array([cx0, cy0, cx1, cy1], dtype=np.int64)
+
+
+@REGIONS.register("none")
+class WholeMap:
+    """No proposals: the single region covering the whole map."""
+
+    def __call__(self, fmap) -> np.ndarray:
+        return whole_region(fmap.shape[-2], fmap.shape[-1])
+
+
+@REGIONS.register("rmac")
+class RMACGrid:
+    """R-MAC's rigid multi-level grid of square regions (R-MAC paper sec. 3.1)."""
+
+    def __init__(self, *, levels: int = 3, overlap: float = 0.4):
+        self.levels, self.overlap = levels, overlap
+
+    def __call__(self, fmap) -> np.ndarray:
+        return rmac_regions(fmap.shape[-2], fmap.shape[-1], self.levels, self.overlap)

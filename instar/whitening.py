@@ -1,8 +1,19 @@
-"""Whitening stage: L2 and power normalisation, and PCA-whitening learned on a separate image set."""
+"""Whitening stage: L2 and power normalisation, and PCA-whitening learned on a separate image set.
+
+`WHITENINGS` entries (a preset's `whitening.method`) are the stage objects: `apply(v)` maps an image's
+pooled (D,) vector to its final descriptor; learned ones `fit` on training vectors and round-trip their
+arrays through `state()` / `load_state()`.
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
+
+from .registry import WHITENINGS
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-12
 
@@ -87,3 +98,53 @@ class PCAWhitening:
         w.projection_ = np.asarray(state["projection"], dtype=np.float64)
         w.eigenvalues_ = np.asarray(state["eigenvalues"], dtype=np.float64)
         return w
+
+
+@WHITENINGS.register("none")
+class NoWhitening:
+    """No whitening: the pooled vector is the descriptor."""
+    learns = False
+    fitted = True
+    transform = None
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        return v
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        pass
+
+
+@WHITENINGS.register("pca")
+class LearnedPCAWhitening(PCAWhitening):
+    """PCA-whitening to `dim` dimensions (0: all), learned on at most `max_vectors` training vectors, then L2."""
+    learns = True
+
+    def __init__(self, *, dim: int = 0, max_vectors: int = 200_000):
+        super().__init__(dim or None)
+        self.max_vectors = max_vectors
+
+    @property
+    def fitted(self) -> bool:
+        return self.projection_ is not None
+
+    def fit(self, x: np.ndarray, rng: np.random.Generator | None = None) -> "LearnedPCAWhitening":
+        """Learn from (N, D) vectors, a random `max_vectors` of them when there are more (drawn from `rng`)."""
+        if len(x) > self.max_vectors:
+            x = x[(rng or np.random.default_rng(0)).choice(len(x), self.max_vectors, replace=False)]
+        super().fit(x)
+        if self.dim and self.dim_ < self.dim:
+            log.warning("PCA-whitening kept %d of the %d dimensions asked for: %d training vectors span only that many",
+                        self.dim_, self.dim, len(x))
+        return self
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        return l2n(self.transform(v))
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if "projection" in state:
+            self.mean_ = np.asarray(state["mean"], dtype=np.float64)
+            self.projection_ = np.asarray(state["projection"], dtype=np.float64)
+            self.eigenvalues_ = np.asarray(state["eigenvalues"], dtype=np.float64)

@@ -16,7 +16,8 @@ def test_required_presets_ship_and_parse():
 
 def test_preset_contents_follow_the_papers():
     r = load_preset("rmac-vgg16")
-    assert (r["features"]["arch"], r["pooling"]["method"], r["pooling"]["levels"], r["pooling"]["overlap"]) == ("vgg16", "rmac", 3, 0.4)
+    assert (r["features"]["arch"], r["pooling"]["method"]) == ("vgg16", "rmac")
+    assert (r["regions"]["method"], r["regions"]["levels"], r["regions"]["overlap"]) == ("rmac", 3, 0.4)
     ipa = load_preset("ipa-sum-vgg16")
     assert ipa["pooling"]["method"] == "sum" and ipa["whitening"]["method"] == "pca"
     d = load_preset("rootsift-vlad")
@@ -29,7 +30,23 @@ def test_overrides_are_typed_and_checked():
     with pytest.raises(PresetError, match="pooling.q"):
         load_preset("gem").with_overrides({"pooling.q": "1"})
     with pytest.raises(PresetError, match="not a valid int"):
-        load_preset("gem").with_overrides({"pooling.k": "many"})
+        load_preset("rootsift-vlad").with_overrides({"pooling.k": "many"})
+    # a key of another entry of the same stage is refused, naming what this entry takes
+    with pytest.raises(PresetError, match=r"pooling.k.*method 'gem' takes: pooling.p"):
+        load_preset("gem").with_overrides({"pooling.k": "64"})
+
+
+def test_overriding_a_selector_switches_the_entry_and_keeps_what_fits():
+    p = load_preset("gem").with_overrides({"pooling.method": "crow", "pooling.a": "3"})
+    assert p["pooling"] == {"method": "crow", "a": 3.0, "b": 2.0}
+    p = load_preset("rmac-vgg16").with_overrides({"regions.levels": "2"})
+    assert p["regions"]["levels"] == 2
+    with pytest.raises(PresetError, match="pools over regions"):
+        load_preset("rmac-vgg16").with_overrides({"regions.method": "none"})
+    with pytest.raises(PresetError, match=r"with overrides: features.arch = 'alexnet' is not one of vgg16"):
+        load_preset("gem").with_overrides({"features.arch": "alexnet"})
+    with pytest.raises(PresetError, match=r"features.layer 'conv4' is not a layer of vgg16"):
+        load_preset("mac").with_overrides({"features.layer": "conv4"})
 
 
 def test_bad_preset_files_name_file_and_key(tmp_path):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..registry import FEATURES, TRUNKS
 from ..urls import mirror_url, url_basename
 
 ARCHITECTURES = ("vgg16", "resnet50", "resnet101")
@@ -399,14 +400,15 @@ def load_trunk(arch: str, weights: str, *, mirror: str | None = None) -> tuple[n
 # ----------------------------------------------------------------------------- extraction
 
 
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> ``(1, 3, H, W)`` float32 tensor in [0, 1], normalised by IMAGENET_MEAN/STD."""
+def image_tensor(image: Image.Image, mean: Iterable[float] = IMAGENET_MEAN, std: Iterable[float] = IMAGENET_STD) -> torch.Tensor:
+    """PIL image -> ``(1, 3, H, W)`` float32 tensor: RGB in [0, 1], minus `mean`, divided by `std` (per channel,
+    on the [0, 1] scale; torchvision's ImageNet statistics by default)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     a = np.asarray(image, dtype=np.uint8)
     x = torch.from_numpy(a.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    mean = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0)
 
 
@@ -427,7 +429,8 @@ def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] =
     (at least 2x2 for VGG16, 1x1 for ResNets).
     """
     device, dtype = _model_device_dtype(model)
-    x = image_tensor(image).to(device=device, dtype=dtype)
+    x = image_tensor(image, getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD))
+    x = x.to(device=device, dtype=dtype)
     h, w = x.shape[-2:]
     out = []
     for s in scales:
@@ -444,3 +447,41 @@ def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] =
             xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         out.append(model(xs)[0].to(device="cpu", dtype=torch.float32))
     return out
+
+
+# ----------------------------------------------------------------------------- stage entries
+
+
+def _register_torchvision_trunk(arch: str, layer: str) -> None:
+    def load(weights: str, layer: str, mirror: str | None) -> tuple[nn.Module, dict]:
+        return load_trunk(arch, weights, mirror=mirror)
+    load.__doc__ = f"torchvision's {arch} up to {layer} (weights: imagenet = torchvision's file, random:SEED, .pth, URL)."
+    TRUNKS.register(arch, layers=(layer,))(load)
+
+
+_register_torchvision_trunk("vgg16", "conv5_3")
+_register_torchvision_trunk("resnet50", "layer4")
+_register_torchvision_trunk("resnet101", "layer4")
+
+
+@FEATURES.register("cnn", choices={"arch": TRUNKS.names})
+class CNNFeatures:
+    """Conv feature maps of a trunk (`arch`, tapped at `layer`; '' = its default) at each of the image `scales`."""
+    kind = "maps"
+
+    def __init__(self, *, arch: str = "vgg16", weights: str = "imagenet", scales: tuple[float, ...] = (1.0,), layer: str = ""):
+        self.arch, self.weights, self.scales, self.layer = arch, weights, list(scales), layer
+        self.weights_mirror: str | None = None
+        self._model: nn.Module | None = None
+        self.extras: dict = {}
+
+    @property
+    def model(self) -> nn.Module:
+        """The trunk, loaded on first use (weights may need a download or a cache read)."""
+        if self._model is None:
+            self._model, self.extras = TRUNKS.entry(self.arch).factory(self.weights, self.layer, self.weights_mirror)
+        return self._model
+
+    def __call__(self, image: Image.Image) -> list[torch.Tensor]:
+        """One (C, h, w) float32 map per scale."""
+        return feature_maps(self.model, image, self.scales)

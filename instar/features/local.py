@@ -1,9 +1,20 @@
 """Local features: RootSIFT through OpenCV (weight-free), with keypoint positions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from PIL import Image
+
+from ..registry import FEATURES
+
+
+@dataclass
+class LocalFeatures:
+    """One image's local features: keypoints (N, 4) float32 [x, y, size, angle] in pixels, descriptors (N, D) float32."""
+    points: np.ndarray
+    descriptors: np.ndarray
 
 
 def rootsift_from_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -31,3 +42,15 @@ def rootsift(image: Image.Image, max_keypoints: int = 2000) -> tuple[np.ndarray,
         kps, desc = kps[:max_keypoints], desc[:max_keypoints]
     points = np.array([[k.pt[0], k.pt[1], k.size, k.angle] for k in kps], dtype=np.float32)
     return points, rootsift_from_sift(desc)
+
+
+@FEATURES.register("rootsift")
+class RootSIFTFeatures:
+    """RootSIFT local features through OpenCV, the `max_keypoints` strongest (0: all)."""
+    kind = "local"
+
+    def __init__(self, *, max_keypoints: int = 2000):
+        self.max_keypoints = max_keypoints
+
+    def __call__(self, image: Image.Image) -> LocalFeatures:
+        return LocalFeatures(*rootsift(image, self.max_keypoints))

@@ -10,24 +10,13 @@ from typing import Any
 
 DEFAULT_PRESET = "rootsift-vlad"
 
-# Every key a preset may set, with its default; a key outside this schema is an error.
-SCHEMA: dict[str, dict[str, Any]] = {
-    "image": {"max_size": 1024},
-    "features": {"type": "cnn", "arch": "vgg16", "weights": "imagenet", "scales": [1.0], "max_keypoints": 2000},
-    "pooling": {"method": "gem", "p": 3.0, "center_prior": True, "levels": 3, "overlap": 0.4,
-                "k": 64, "power": 0.5, "intra": True, "niter": 20, "seed": 0},
-    "whitening": {"method": "none", "dim": 0, "max_train_images": 2000, "max_train_vectors": 200000},
-    "search": {"k": 100, "rerank": "none", "expansion": "none", "qe_top": 10, "alpha": 3.0},
-}
 TOP_LEVEL = {"name": "", "description": "", "reference": ""}
-CHOICES = {
-    ("features", "type"): ("cnn", "rootsift"),
-    ("features", "arch"): ("vgg16", "resnet50", "resnet101"),
-    ("pooling", "method"): ("mac", "spoc", "sum", "gem", "crow", "rmac", "vlad"),
-    ("whitening", "method"): ("none", "pca"),
-    ("search", "rerank"): ("none",),
-    ("search", "expansion"): ("none", "aqe", "alpha-qe"),
-}
+
+
+def _sections():
+    """Section name -> stage registry, with every built-in entry registered (imported on first use)."""
+    from ..stages import SECTIONS
+    return SECTIONS
 
 
 class PresetError(ValueError):
@@ -55,19 +44,37 @@ class Preset:
         return "\n".join(lines) + "\n"
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
-        """A copy with 'section.key' values replaced (validated like the file's own)."""
+        """A copy with 'section.key' values replaced (validated like the file's own).
+
+        Overriding a section's selector (e.g. ``pooling.method``) switches the entry: the section's other values
+        are kept where the new entry takes them and dropped otherwise.
+        """
+        sections = _sections()
         raw = {"name": self.name, "description": self.description, "reference": self.reference,
                **copy.deepcopy(self.sections)}
+        parsed = []
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
-            if section not in SCHEMA or key not in SCHEMA[section]:
-                raise PresetError(f"override {dotted!r}: unknown key (known: {', '.join(_all_keys())})")
-            raw[section][key] = _coerce(SCHEMA[section][key], value, f"override {dotted}")
+            if section not in sections:
+                raise PresetError(f"override {dotted!r}: unknown section {section!r} (sections: {', '.join(sections)})")
+            parsed.append((sections[section], section, key, value))
+        # selectors first, so that the other keys are checked against the entry they will reach
+        for reg, section, key, value in sorted(parsed, key=lambda t: t[2] != t[0].selector):
+            if key == reg.selector:
+                entry = _entry(reg, str(value), f"override {dotted_key(section, key)}")
+                raw[section] = {key: entry.name, **{k: v for k, v in raw[section].items() if k in entry.params}}
+                continue
+            entry = _entry(reg, raw[section][reg.selector] if reg.selector else reg.default, self.source)
+            if key not in entry.params:
+                raise PresetError(f"override {dotted_key(section, key)!r}: unknown key ({_known(reg, section, entry)})")
+            raw[section][key] = _coerce(entry.params[key], value, f"override {dotted_key(section, key)}")
         return parse_preset(raw, source=f"{self.source} with overrides")
 
     @property
     def needs_training(self) -> bool:
-        return self["pooling"]["method"] == "vlad" or self["whitening"]["method"] != "none"
+        """Whether a chosen stage (codebook, whitening, ...) is learned from training images."""
+        from ..stages import learns
+        return learns(self.sections)
 
 
 def _toml_value(v: Any) -> str:
@@ -81,8 +88,21 @@ def _toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
-def _all_keys() -> list[str]:
-    return [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
+def dotted_key(section: str, key: str) -> str:
+    return f"{section}.{key}"
+
+
+def _entry(reg, name: str, where: str):
+    from ..registry import RegistryError
+    try:
+        return reg.entry(name)
+    except RegistryError as e:
+        raise PresetError(f"{where}: {e}") from None
+
+
+def _known(reg, section: str, entry) -> str:
+    keys = ", ".join(dotted_key(section, k) for k in entry.params) or "none"
+    return f"{reg.selector} {entry.name!r} takes: {keys}" if reg.selector else f"known: {keys}"
 
 
 def _coerce(default: Any, value: Any, where: str) -> Any:
@@ -104,7 +124,7 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if isinstance(default, list):
+        if isinstance(default, (list, tuple)):
             if isinstance(value, str):
                 value = [float(x) for x in value.split(",") if x.strip()]
             if not isinstance(value, list) or not value:
@@ -118,30 +138,39 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def parse_preset(raw: dict[str, Any], source: str = "<preset>") -> Preset:
-    """Validate a preset dict (as read from TOML) and fill in defaults."""
+    """Validate a preset dict (as read from TOML) against the stage registries and fill in defaults."""
+    registries = _sections()
     for key in raw:
-        if key not in SCHEMA and key not in TOP_LEVEL:
-            raise PresetError(f"{source}: unknown section or key {key!r} (sections: {', '.join(SCHEMA)})")
+        if key not in registries and key not in TOP_LEVEL:
+            raise PresetError(f"{source}: unknown section or key {key!r} (sections: {', '.join(registries)})")
     if not raw.get("name"):
         raise PresetError(f"{source}: a preset needs a name")
     sections: dict[str, dict[str, Any]] = {}
-    for section, defaults in SCHEMA.items():
+    for section, reg in registries.items():
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise PresetError(f"{source}: [{section}] must be a table")
+        name = given.get(reg.selector, reg.default) if reg.selector else reg.default
+        if not isinstance(name, str):
+            raise PresetError(f"{source}: {section}.{reg.selector} must be a string, got {name!r}")
+        entry = _entry(reg, name, source)
         for key in given:
-            if key not in defaults:
-                raise PresetError(f"{source}: unknown key {section}.{key} (known: {', '.join(defaults)})")
-        sections[section] = {k: _coerce(d, given[k], f"{source}: {section}.{k}") if k in given else copy.deepcopy(d)
-                             for k, d in defaults.items()}
-    for (section, key), allowed in CHOICES.items():
-        if sections[section][key] not in allowed:
-            raise PresetError(f"{source}: {section}.{key} = {sections[section][key]!r} is not one of {', '.join(allowed)}")
-    ftype, method = sections["features"]["type"], sections["pooling"]["method"]
-    if (ftype == "rootsift") != (method == "vlad"):
-        raise PresetError(f"{source}: pooling.method {method!r} does not fit features.type {ftype!r} "
-                          "(VLAD aggregates local features; the other poolings act on CNN maps)")
-    if any(s <= 0 for s in sections["features"]["scales"]):
+            if key != reg.selector and key not in entry.params:
+                raise PresetError(f"{source}: unknown key {section}.{key} ({_known(reg, section, entry)})")
+        values = {reg.selector: name} if reg.selector else {}
+        for key, default in entry.params.items():
+            value = _coerce(default, given[key], f"{source}: {section}.{key}") if key in given else copy.deepcopy(default)
+            values[key] = list(value) if isinstance(value, tuple) else value
+        for key, allowed in getattr(entry, "choices", {}).items():
+            allowed = tuple(allowed()) if callable(allowed) else tuple(allowed)
+            if values[key] not in allowed:
+                raise PresetError(f"{source}: {section}.{key} = {values[key]!r} is not one of {', '.join(allowed)}")
+        sections[section] = values
+    from ..stages import incompatibility
+    why = incompatibility(sections)
+    if why:
+        raise PresetError(f"{source}: {why}")
+    if any(s <= 0 for s in sections["features"].get("scales", [1.0])):
         raise PresetError(f"{source}: features.scales must all be positive")
     return Preset(name=str(raw["name"]), description=str(raw.get("description", "")),
                   reference=str(raw.get("reference", "")), sections=sections, source=source)

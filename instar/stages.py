@@ -1,0 +1,58 @@
+"""The pipeline's stages in preset order, each a registry of named entries (importing this module registers
+every built-in entry), and the few rules that tie one stage's choice to another's."""
+from __future__ import annotations
+
+from typing import Any
+
+from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
+from .features import cnn, local  # noqa: F401
+from .registry import FEATURES, IMAGE, POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
+
+SECTIONS: dict[str, Registry] = {
+    "image": IMAGE,
+    "features": FEATURES,
+    "regions": REGIONS,
+    "pooling": POOLINGS,
+    "whitening": WHITENINGS,
+    "train": TRAIN,
+    "search": SEARCH,
+}
+
+
+@TRAIN.register("train")
+class TrainingSet:
+    """How the learned stages (codebook, whitening) see their separate training images: at most `max_images`."""
+
+    def __init__(self, *, max_images: int = 2000):
+        self.max_images = max_images
+
+
+@SEARCH.register("search", choices={"rerank": ("none",), "expansion": ("none", "aqe", "alpha-qe")})
+class SearchOptions:
+    """Filter k-NN depth, re-ranker, and query expansion (average QE, or alpha-QE with exponent `alpha`) over `qe_top`."""
+
+    def __init__(self, *, k: int = 100, rerank: str = "none", expansion: str = "none", qe_top: int = 10, alpha: float = 3.0):
+        self.k, self.rerank, self.expansion, self.qe_top, self.alpha = k, rerank, expansion, qe_top, alpha
+
+
+def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
+    """Why one stage's choice does not fit another's, or None."""
+    features = FEATURES.entry(sections["features"]["type"])
+    pool = POOLINGS.entry(sections["pooling"]["method"])
+    if features.kind != pool.input_kind:
+        return (f"pooling.method {pool.name!r} does not fit features.type {features.name!r} "
+                f"({pool.name} pools {pool.input_kind}, {features.name} gives {features.kind})")
+    if pool.needs_regions and sections["regions"]["method"] == "none":
+        return f"pooling.method {pool.name!r} pools over regions: set regions.method (e.g. 'rmac')"
+    if features.kind == "maps":
+        arch, layer = sections["features"]["arch"], sections["features"]["layer"]
+        layers = TRUNKS.entry(arch).layers
+        if layer and layer not in layers:
+            return f"features.layer {layer!r} is not a layer of {arch} (its layers: {', '.join(layers)})"
+    return None
+
+
+def learns(sections: dict[str, dict[str, Any]]) -> bool:
+    """Whether any chosen stage is learned from training images."""
+    return any(getattr(reg.entry(sections[name][reg.selector] if reg.selector else reg.default), "learns", False)
+               for name, reg in SECTIONS.items())
