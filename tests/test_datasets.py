@@ -84,6 +84,21 @@ def test_real_mini_rparis6k(shared_data):
     assert rep2.metrics["hard"]["map"] == pytest.approx(np.mean(list(rep2.per_query["hard"].values())))
 
 
+def test_real_smvs_dvd_covers_names_images_in_sub_folders(shared_data, tmp_path):
+    ds = load_dataset("smvs-dvd-covers", data=shared_data / "smvs-dvd-covers")
+    assert len(ds.database) == 100 and len(ds.queries) == 400
+    assert ds.database[0] == shared_data / "smvs-dvd-covers" / "jpg" / "Reference" / "001.jpg"
+    assert {q.image.parent.name for q in ds.queries} == {"Canon", "Droid", "E63", "Palm"}
+    # each phone photo's one positive is its own cover's scan
+    q = ds.queries[0]
+    assert [ds.database[i].stem for i in ds.ground_truth[0]["easy"]] == [q.image.stem]
+    # a missing sub-folder is reported with the first missing file in it
+    import shutil
+    shutil.copytree(shared_data / "smvs-dvd-covers" / "jpg" / "Reference", tmp_path / "jpg" / "Reference")
+    with pytest.raises(MissingImagesError, match=r"400 of the 500 images .* first missing: .*(Canon|Droid|E63|Palm)/\d{3}\.jpg"):
+        load_revisited(shared_data / "smvs-dvd-covers" / "gnd_smvs-dvd-covers.pkl", tmp_path / "jpg")
+
+
 def test_real_roxford5k_gnd_without_images(shared_data, tmp_path):
     gnd = shared_data / "revisitop-gnd" / "gnd_roxford5k.pkl"
     with pytest.raises(MissingImagesError) as e:

@@ -232,13 +232,22 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _check_present(folder: Path, needed: Iterable[str], what: str) -> None:
-    """Raise MissingImagesError naming the first of `needed` (file names in `folder`) that is absent."""
-    try:
-        present = set(os.listdir(folder))
-    except OSError as e:
-        raise MissingImagesError(f"{folder}: cannot list the {what} folder ({e})") from None
+    """Raise MissingImagesError naming the first of `needed` (paths relative to `folder`, possibly with
+    sub-folders such as ``Reference/001.jpg``) that is absent. Each sub-folder is listed once."""
+    listings: dict[str, set[str]] = {}
     needed = list(needed)
-    missing = [n for n in needed if n not in present]
+    missing = []
+    for n in needed:
+        parent, _, base = n.replace(os.sep, "/").rpartition("/")
+        if parent not in listings:
+            try:
+                listings[parent] = set(os.listdir(folder / parent))
+            except FileNotFoundError:
+                listings[parent] = set()
+            except OSError as e:
+                raise MissingImagesError(f"{folder / parent}: cannot list the {what} folder ({e})") from None
+        if base not in listings[parent]:
+            missing.append(n)
     if missing:
         raise MissingImagesError(
             f"{folder}: {len(missing)} of the {len(needed)} {what} the ground truth needs are missing; "
