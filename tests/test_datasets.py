@@ -92,6 +92,9 @@ def test_real_smvs_dvd_covers_names_images_in_sub_folders(shared_data, tmp_path)
     # each phone photo's one positive is its own cover's scan
     q = ds.queries[0]
     assert [ds.database[i].stem for i in ds.ground_truth[0]["easy"]] == [q.image.stem]
+    # no query has a hard positive: the Hard protocol is undefined and left out, not reported as NaN
+    rep = ds.evaluate(np.tile(np.arange(100), (400, 1)))
+    assert set(rep.metrics) == {"easy", "medium"} and "Hard" not in rep.table() and "nan" not in rep.table()
     # a missing sub-folder is reported with the first missing file in it
     import shutil
     shutil.copytree(shared_data / "smvs-dvd-covers" / "jpg" / "Reference", tmp_path / "jpg" / "Reference")

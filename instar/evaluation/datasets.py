@@ -199,6 +199,8 @@ class Dataset:
         names = [q.name for q in self.queries]
         if self.kind == "revisited":
             res = revisited_protocols(r, self.ground_truth, self.kappas)
+            # a protocol under which no query has a positive (smvs-dvd-covers' Hard) is undefined: left out
+            res = {p: d for p, d in res.items() if not np.all(np.isnan(d["aps"]))}
             metrics = {p: {k: v for k, v in d.items() if k not in ("aps", "prs")} for p, d in res.items()}
             per_query = {p: _per_query(names, d["aps"]) for p, d in res.items()}
             return Report(self.name, metrics, per_query)
