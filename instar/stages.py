@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
-from .features import cnn, local  # noqa: F401
+from .features import cnn, efficientnet, local  # noqa: F401
 from .registry import FEATURES, IMAGE, POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
 
 SECTIONS: dict[str, Registry] = {

@@ -124,7 +124,7 @@ def test_lite_normalisation_matches_the_checkpoint_statistics(imagenet):
         z = torch.cat(zs, 1)
         return float(((z.mean(1) - bn.running_mean)[ok] ** 2 / bn.running_var[ok]).mean())
 
-    lite = mismatch(model.input_mean, model.input_std)
+    lite = mismatch(tuple(255 * m for m in model.input_mean), tuple(255 * s for s in model.input_std))
     torchvision = mismatch((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255))
     assert lite < 0.5 * torchvision, (lite, torchvision)
 
@@ -134,10 +134,10 @@ def test_lite_input_tensor_scaling():
     a[0, 0] = (255, 127, 0)
     x = lite_input_tensor(Image.fromarray(a))
     assert x.shape == (1, 3, 5, 7) and x.dtype == torch.float32
-    assert x[0, :, 0, 0].tolist() == [1.0, 0.0, -127 / 128]
+    assert x[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, -127 / 128], abs=1e-6)
     gray = lite_input_tensor(Image.fromarray(a[..., 0]))  # mode 'L' -> RGB
     assert gray.shape == (1, 3, 5, 7)
-    assert gray[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert gray[0, :, 0, 0].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -158,7 +158,8 @@ def test_layout_matches_packaged_checkpoint(variant):
     taps = {layer: EfficientNetLite(variant, layer) for layer in LITE_LAYERS}
     assert [(m.out_channels, m.stride) for m in taps.values()] == [(c16, 16), (c32, 32), (1280, 32)]
     assert all(m.arch == variant for m in taps.values())
-    assert model.input_mean == (127.0, 127.0, 127.0) and model.input_std == (128.0, 128.0, 128.0)
+    # (x - 127) / 128 on 0-255, given on the [0, 1] scale feature_maps normalises on
+    assert model.input_mean == (127 / 255,) * 3 and model.input_std == (128 / 255,) * 3
 
 
 def test_unknown_variant_or_layer():

@@ -28,13 +28,13 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .cnn import WeightsError, _read_checkpoint
+from ..registry import TRUNKS
+from .cnn import WeightsError, _read_checkpoint, image_tensor
 
 LITE_VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 LITE_LAYERS = ("stride16", "stride32", "head")
@@ -70,8 +70,9 @@ HEAD_CHANNELS = 1280
 NUM_CLASSES = 1000
 BN_EPS = 1e-3
 
-LITE_MEAN = (127.0, 127.0, 127.0)
-LITE_STD = (128.0, 128.0, 128.0)
+# (x - 127) / 128 on the 0-255 scale, written on the [0, 1] scale that cnn.image_tensor and feature_maps use
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:
@@ -356,10 +357,16 @@ def load_efficientnet_lite(
 
 def lite_input_tensor(image: Image.Image) -> torch.Tensor:
     """PIL image -> ``(1, 3, H, W)`` float32, RGB 0-255 normalised as ``(x - 127) / 128``."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    a = np.asarray(image, dtype=np.uint8)
-    x = torch.from_numpy(a.copy()).permute(2, 0, 1).to(torch.float32)
-    mean = torch.tensor(LITE_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(LITE_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+    return image_tensor(image, LITE_MEAN, LITE_STD)
+
+
+def _register(variant: str) -> None:
+    def load(weights: str, layer: str, mirror: str | None) -> tuple[nn.Module, dict]:
+        return load_efficientnet_lite(variant, weights, layer or "stride32")
+    load.__doc__ = (f"{variant} (no SE, ReLU6), map at stride16 / stride32 / head; weights: imagenet = the packaged "
+                    "ImageNet checkpoint, random:SEED, or a .pth")
+    TRUNKS.register(variant, layers=LITE_LAYERS)(load)
+
+
+for _variant in LITE_VARIANTS:
+    _register(_variant)
