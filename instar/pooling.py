@@ -63,6 +63,7 @@ def crow(x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = 1e-6) -> 
     """
     if x.dim() != 3:
         raise ValueError(f"crow expects a (C, H, W) map, got shape {tuple(x.shape)}")
+    x = x.clamp_min(0.0)  # CroW weighs rectified activations; a tap before any ReLU (EfficientNet's blocks) has negatives
     s = x.sum(dim=0)
     s = (s / s.pow(a).sum().pow(1.0 / a).clamp_min(eps)).pow(1.0 / b)
     q = (x > 0).float().mean(dim=(-2, -1))
