@@ -117,6 +117,8 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             trained_on = str(train) if train else f"the indexed collection {photos}"
             idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=_progress(quiet))
             damaged = []
+        # the summary below lists every skipped file with its reason; the library's per-file log lines would repeat it
+        logging.getLogger("instar.index").setLevel(logging.ERROR)
         with idx:
             if damaged:
                 for rec, reason in damaged:
@@ -150,6 +152,8 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
     from .search import search as run_search
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
+    if expansion not in (None, "none", "aqe", "alpha-qe"):
+        _fail(f"--expansion {expansion!r}: expected none, aqe or alpha-qe")
     query_box = _parse_box(box, query)
     if html is not None:
         problem = _html_target_problem(html)

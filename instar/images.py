@@ -105,9 +105,9 @@ def to_8bit_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, scaling 16-bit, 32-bit and float greyscale as the module docstring says."""
     mode = image.mode
     if mode.startswith("I;16"):
-        a = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
+        a = np.asarray(image).astype(np.float32) * np.float32(255.0 / 65535.0)
     elif mode in ("I", "F"):
-        a = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        a = np.nan_to_num(np.asarray(image).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         if lo >= 0 and hi <= 1 and mode == "F":
             a = a * 255.0

@@ -185,6 +185,11 @@ def test_k_below_one_is_refused(corpus, unchanged, k):
     assert r.exit_code == 2 and r.stderr == f"error: -k {k}: the number of hits must be at least 1\n"
 
 
+def test_unknown_expansion_is_refused_before_describing(corpus, unchanged):
+    r = cli("search", unchanged, corpus / "bomb.png", "--expansion", "magic")
+    assert r.exit_code == 2 and r.stderr == "error: --expansion 'magic': expected none, aqe or alpha-qe\n"
+
+
 def test_k_validated_in_a_real_process(corpus, unchanged):
     p = cli_process("search", unchanged, corpus / "cmyk.jpg", "-k", "-1")
     assert p.returncode == 2 and "negative dimensions" not in p.stderr and "at least 1" in p.stderr
@@ -313,6 +318,7 @@ def test_folder_of_bad_files_is_indexed_around_them_and_stored_rows_are_kept(bas
     assert f"{idx}: 15 images (added 7, updated 0, unchanged 0, unreadable 11)" in p.stdout
     for name, problem in SKIPPED.items():
         assert f"skipped {corpus / name}: {problem}" in p.stderr, (name, p.stderr)
+        assert p.stderr.count(f"{corpus / name}:") == 1, p.stderr  # reported once, not again by a log line
     with Index.open(idx) as i:
         assert (idx / "global.float32").read_bytes()[: len(stored)] == stored  # nothing stored lost or changed
         assert i.records()[:8] == records and i.verify() == []
