@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -175,7 +176,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
         missing = [h for h in hits if not os.path.isfile(h.path)]
         for h in missing:
             typer.secho(f"  warning: {h.path}: indexed file is gone; the page shows a placeholder "
-                        f"(drop it with: instar remove {index_dir} {h.name!r})", fg="yellow", err=True)
+                        f"(drop it with: instar remove {shlex.quote(str(index_dir))} {shlex.quote(h.name)})", fg="yellow", err=True)
         try:
             write_hits_html(html, query, query_box, hits, title=f"instar: {query.name}")
         except OSError as e:
