@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from tqdm import tqdm
@@ -36,25 +39,49 @@ def _overrides(sets: list[str] | None, weights: str | None) -> dict:
     return out
 
 
-def _parse_box(box: str | None):
+def _parse_box(box: str | None, query: Path):
+    """Four finite numbers x0,y0,x1,y1, or an error naming the query image."""
     if box is None:
         return None
     try:
         values = [float(v) for v in box.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"--box {box!r}: expected four numbers x0,y0,x1,y1") from None
+        _fail(f"{query}: --box {box!r}: expected four numbers x0,y0,x1,y1")
     if len(values) != 4:
-        raise typer.BadParameter(f"--box {box!r}: expected four numbers x0,y0,x1,y1")
+        _fail(f"{query}: --box {box!r}: expected four numbers x0,y0,x1,y1, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        _fail(f"{query}: --box {box!r}: every value must be a finite number")
     return values
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _html_target_problem(html: Path) -> str | None:
+    """Why an HTML page cannot be written at `html` (checked before searching), or None."""
+    if html.is_dir():
+        return "is a folder; give the page a file name, e.g. hits.html"
+    if html.exists():
+        return None if os.access(html, os.W_OK) else "is not writable"
+    ancestor = html.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot be created: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot be created: no permission to write in {ancestor}"
+    return None
 
 
 SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
 WeightsOpt = typer.Option(None, "--weights", help="CNN weights: imagenet (torchvision's file), random:SEED, a .pth path or a URL.")
+
+
+def _print_skipped(problems: list[tuple[str | Path, str]]) -> None:
+    for path, reason in problems:
+        typer.secho(f"  skipped {path}: {reason}", fg="yellow", err=True)
 
 
 @app.command()
@@ -64,57 +91,112 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
           train: Optional[Path] = typer.Option(None, help="Separate folder of images to learn the codebook / whitening on (default: the indexed photos)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
           batch_size: int = typer.Option(16, help="Images per commit; an interruption loses at most one batch."),
+          prune: bool = typer.Option(False, "--prune", help="Also drop indexed images whose files are gone."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Index a folder of photos; re-running resumes an interrupted run and adds new or changed files."""
+    """Index a folder of photos; re-running resumes an interrupted run, adds new or changed files, and checks the
+    stored rows (damaged ones are described again)."""
+    if batch_size < 1:
+        _fail(f"--batch-size {batch_size}: must be at least 1")
     try:
-        paths = list_images(photos)
+        problems: list[tuple[Path, str]] = []
+        paths = list_images(photos, problems=problems)
+        _print_skipped(problems)
         if not paths:
             _fail(f"{photos}: no image files found")
         if out.exists():
             idx = Index.open(out)
             if preset is not None and load_preset(preset).with_overrides(_overrides(sets, weights)).to_toml() != idx.preset.to_toml():
+                idx.close()
                 _fail(f"{out}: was built with another preset configuration ({idx.preset.name}); "
                       "omit --preset/--set to add to it, or choose another --out")
-            typer.echo(f"resuming {out}: {len(idx)} images already indexed", err=True)
+            damaged = idx.verify()
+            typer.echo(f"resuming {out}: {len(idx)} images already indexed; checked their stored rows: "
+                       f"{len(damaged)} damaged", err=True)
         else:
             p = load_preset(preset or DEFAULT_PRESET).with_overrides(_overrides(sets, weights))
             train_paths = list_images(train) if train else paths
             trained_on = str(train) if train else f"the indexed collection {photos}"
             idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=_progress(quiet))
+            damaged = []
+        # the summary below lists every skipped file with its reason; the library's per-file log lines would repeat it
+        logging.getLogger("instar.index").setLevel(logging.ERROR)
         with idx:
+            if damaged:
+                for rec, reason in damaged:
+                    typer.secho(f"  damaged {rec.name}: {reason}; describing it again", fg="yellow", err=True)
+                fixed = idx.reextract([rec for rec, _ in damaged], batch_size=batch_size, progress=_progress(quiet))
+                typer.echo(f"re-extracted {fixed.added + fixed.updated} of {len(damaged)} damaged rows", err=True)
+                _print_skipped(fixed.failed)
+            if prune:
+                gone = idx.prune()
+                typer.echo(f"pruned {len(gone)} images whose files are gone", err=True)
             report = idx.add(paths, root=photos, batch_size=batch_size, progress=_progress(quiet))
             typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
-                       f"unchanged {report.unchanged}, unreadable {len(report.failed)}), preset {idx.preset.name}, dim {idx.dim}")
-            for path, reason in report.failed:
-                typer.secho(f"  skipped {path}: {reason}", fg="yellow", err=True)
+                       f"unchanged {report.unchanged}, unreadable {len(report.failed) + len(problems)}), "
+                       f"preset {idx.preset.name}, dim {idx.dim}")
+            _print_skipped(report.failed)
     except (PresetError, IndexError_, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(f"{out}: interrupted; what was committed is kept, run the same command again to resume", code=130)
 
 
 @app.command()
 def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path = typer.Argument(...),
            box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in the query image's pixels."),
-           k: int = typer.Option(20, "-k", help="Number of hits."),
+           k: int = typer.Option(20, "-k", help="Number of hits (at least 1)."),
            expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
            html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON.")):
     """Search an index with a query image, or a box drawn on it."""
     from .report import write_hits_html
     from .search import search as run_search
-    query_box = _parse_box(box)
+    if k < 1:
+        _fail(f"-k {k}: the number of hits must be at least 1")
+    if expansion not in (None, "none", "aqe", "alpha-qe"):
+        _fail(f"--expansion {expansion!r}: expected none, aqe or alpha-qe")
+    query_box = _parse_box(box, query)
+    if html is not None:
+        problem = _html_target_problem(html)
+        if problem:
+            _fail(f"{html}: {problem}")
     try:
         with Index.open(index_dir) as idx:
             hits = run_search(idx, query, box=query_box, k=k, expansion=expansion)
-    except (IndexError_, ImageLoadError, PresetError, ValueError) as e:
+    except (IndexError_, ImageLoadError, PresetError) as e:
         _fail(str(e))
+    except ValueError as e:
+        _fail(f"{query}: {e}")
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits], indent=1))
     else:
         for h in hits:
             typer.echo(f"{h.rank:4d}  {h.score:.4f}  {h.name}")
     if html:
-        write_hits_html(html, query, query_box, hits, title=f"instar: {query.name}")
+        missing = [h for h in hits if not os.path.isfile(h.path)]
+        for h in missing:
+            typer.secho(f"  warning: {h.path}: indexed file is gone; the page shows a placeholder "
+                        f"(drop it with: instar remove {shlex.quote(str(index_dir))} {shlex.quote(h.name)})", fg="yellow", err=True)
+        try:
+            write_hits_html(html, query, query_box, hits, title=f"instar: {query.name}")
+        except OSError as e:
+            _fail(f"{html}: cannot write the page ({e.strerror or e})")
         typer.echo(f"wrote {html}", err=True)
+
+
+@app.command()
+def remove(index_dir: Path = typer.Argument(..., metavar="INDEX"),
+           names: list[str] = typer.Argument(..., metavar="NAME_OR_PATH...", help="Stored names (as search prints them) or file paths.")):
+    """Remove images from an index. Their stored rows become tombstones; search never returns them again."""
+    try:
+        with Index.open(index_dir) as idx:
+            removed = idx.remove(names)
+            left = len(idx)
+    except IndexError_ as e:
+        _fail(str(e))
+    for rec in removed:
+        typer.echo(f"removed {rec.name}")
+    typer.echo(f"{index_dir}: {left} images")
 
 
 @app.command("eval")

@@ -1,19 +1,32 @@
-"""The embedded default store: a directory holding descriptors as a memory-mapped float32 array and image
-metadata in SQLite.
+"""The embedded default index: a directory holding per-image data in an append-only column store
+(`instar/store.py`) and image metadata in SQLite.
 
-Layout of `NAME.index/`:
-- `vectors.f32`   rows of D float32, row i is the descriptor of the image whose `row` is i (append-only,
-                  rewritten in place only when a file's content changes);
-- `index.sqlite`  tables `meta` (preset TOML, dimension, what the model was trained on), `images`
-                  (id, row, path, name, width, height, sha256) and `failures` (files that could not be read);
-- `model.npz`     what the preset learned (codebook, whitening), written once when the index is created.
+Layout of `NAME.index/` (format 2):
+- `global.float32` the store's column "global": one (D,) float32 L2-normalised descriptor per row;
+- `index.sqlite`   SQLite in WAL mode: the store's tables (`store_columns`, `store_rows` with each row's key =
+                   the image path, crc32 checksum and tombstone, `store_spans`), and the index's own: `meta`
+                   (format version, preset TOML, what the model was trained on), `images` (row, path, name,
+                   width, height, sha256, added_at: one per committed row, immutable) and `failures` (files that
+                   could not be used, with the reason);
+- `model.npz`      what the preset learned (codebook, whitening), written once when the index is created;
+- `.lock`          the writer's flock.
 
-Crash safety: vectors are written and fsync'ed before the SQLite transaction that makes them visible, so
-an interrupted `add` leaves at most some trailing bytes that `open` cuts off; re-running `add` resumes.
+Crash safety, concurrent readers, immutability of committed rows, tombstones and repair under the writer's
+lock are the store's rules: read them in `instar/store.py`'s docstring; every later column (regions, binary
+codes, inverted file) follows them. In short: `add` commits a batch with ONE SQLite transaction after its bytes
+are fsync'ed and checked, so an interrupted add resumes where it stopped; a changed file is a new row (the old
+one is tombstoned), `remove` / `prune` tombstone; readers (search) see a consistent snapshot of the committed,
+live rows and never modify anything.
+
+New columns are declarations in `COLUMNS` (e.g. `Column("boxes", "float32", (4,), ragged=True)`); `add`
+stores whatever `_describe` returns for each of them.
+
+Format 1 (instar before this store: `vectors.f32` rewritten in place) is not migrated: its rows may already
+have been damaged by the bug format 2 fixes and it holds no checksums to tell, so opening it says how to
+rebuild it (`instar index PHOTOS --out NEW.index`).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -21,6 +34,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,18 +44,22 @@ import numpy as np
 from . import images as imgs
 from .extractor import Extractor, Progress, _no_progress
 from .presets import Preset, preset_from_toml
+from .store import TABLES as STORE_TABLES
+from .store import Column, Snapshot, Store, StoreError, connect
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-VECTORS, DATABASE, MODEL, LOCK = "vectors.f32", "index.sqlite", "model.npz", ".lock"
+FORMAT_VERSION = 2
+DATABASE, MODEL = "index.sqlite", "model.npz"
+GLOBAL = "global"
+# Per-image data the index stores; a later stage adds a column here (ragged: 0..n items per image).
+COLUMNS = (Column(GLOBAL, "float32", (None,)),)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    row INTEGER UNIQUE NOT NULL,
-    path TEXT UNIQUE NOT NULL,
+    row INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
     name TEXT NOT NULL,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
@@ -50,15 +68,29 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL);
 """
+TABLES = ("meta", "images", "failures")
+
+# The index's errors are the store's: every message starts with the file or directory concerned.
+IndexError_ = StoreError
+
+NO_CONTENT = "no usable content: its descriptor is {what} (a blank, featureless or tiny image)"
 
 
-class IndexError_(RuntimeError):
-    """An index directory that cannot be used; the message names the directory and what is wrong."""
+def descriptor_problem(vec: np.ndarray) -> str | None:
+    """Why a descriptor cannot be used (non-finite values, all zero, norm ~ 0), or None if it can."""
+    v = np.asarray(vec, dtype=np.float64)
+    if v.size == 0:
+        return NO_CONTENT.format(what="empty")
+    if not np.all(np.isfinite(v)):
+        return NO_CONTENT.format(what="not finite (NaN or infinity)")
+    if float(np.linalg.norm(v)) < 1e-6:
+        return NO_CONTENT.format(what="all zero")
+    return None
 
 
 @dataclass
 class ImageRecord:
-    id: int
+    id: int          # = row (kept for compatibility: one id per stored version of an image)
     row: int
     path: str
     name: str
@@ -75,15 +107,56 @@ class AddReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-class Index:
-    """An on-disk image index. Create with `Index.create`, reopen with `Index.open`, grow with `add`."""
+@dataclass
+class _Pending:
+    path: str
+    name: str
+    width: int
+    height: int
+    sha256: str
+    data: dict[str, np.ndarray]
 
-    def __init__(self, path: Path, db: sqlite3.Connection, extractor: Extractor, dim: int):
+
+_RECORD = "i.row, i.row, i.path, i.name, i.width, i.height, i.sha256"
+_LIVE = "FROM images i JOIN store_rows s ON s.row = i.row WHERE s.removed_at IS NULL"
+
+
+def _load_model(path: Path) -> dict[str, np.ndarray]:
+    """The learned arrays of `model.npz`, never unpickling anything; a clear IndexError_ naming the file otherwise."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise IndexError_(f"{path}: missing; the index's learned model is needed (rebuild the index)") from None
+    except EOFError:
+        raise IndexError_(f"{path}: empty or truncated model file (rebuild the index)") from None
+    except zipfile.BadZipFile:
+        raise IndexError_(f"{path}: damaged model archive, not a readable .npz (rebuild the index)") from None
+    except ValueError:
+        raise IndexError_(f"{path}: not a NumPy .npz model file; instar does not load other formats "
+                          "(rebuild the index)") from None
+    except OSError as e:
+        raise IndexError_(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise IndexError_(f"{path}: a single NumPy array, not the .npz archive of learned arrays (rebuild the index)")
+    try:
+        with data:
+            return {k: data[k] for k in data.files}
+    except ValueError:
+        raise IndexError_(f"{path}: holds object (pickled) arrays, which instar never loads (rebuild the index)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise IndexError_(f"{path}: damaged model archive ({type(e).__name__}) (rebuild the index)") from None
+
+
+class Index:
+    """An on-disk image index. Create with `Index.create`, reopen with `Index.open`, grow with `add`, drop images
+    with `remove` / `prune`, check stored data with `verify`. Search through `snapshot()` (or `vectors` and
+    `live_rows()`)."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, extractor: Extractor, store: Store):
         self.path = path
         self._db = db
         self.extractor = extractor
-        self.dim = dim
-        self._vectors: np.ndarray | None = None
+        self.store = store
 
     # --- creation and opening ------------------------------------------------------------------
     @classmethod
@@ -103,16 +176,20 @@ class Index:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            db = sqlite3.connect(tmp / DATABASE)
-            db.executescript(SCHEMA_SQL)
-            meta = {"format_version": str(FORMAT_VERSION), "preset": preset.to_toml(), "dim": "0",
-                    "trained_on": trained_on or (f"{len(train)} images" if preset.needs_training else "nothing to train"),
-                    "created_at": str(time.time())}
-            with db:
+            db = connect(tmp / DATABASE, create=True)
+            try:
+                db.execute("PRAGMA query_only=OFF")
+                db.executescript(SCHEMA_SQL)
+                meta = {"format_version": str(FORMAT_VERSION), "preset": preset.to_toml(),
+                        "trained_on": trained_on or (f"{len(train)} images" if preset.needs_training else "nothing to train"),
+                        "created_at": str(time.time())}
+                db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            db.close()
+                db.execute("COMMIT")
+                Store.initialise(tmp, db, COLUMNS)
+            finally:
+                db.close()
             np.savez(tmp / MODEL, **extractor.state())
-            (tmp / VECTORS).touch()
             os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -121,43 +198,62 @@ class Index:
 
     @classmethod
     def open(cls, path: Path | str, *, weights_mirror: str | None = None) -> "Index":
+        """Open an index for reading and adding. Opening never modifies anything on disk."""
         path = Path(path)
-        for name in (DATABASE, VECTORS, MODEL):
-            if not (path / name).is_file():
-                raise IndexError_(f"{path}: not an instar index (missing {name})")
-        db = sqlite3.connect(path / DATABASE)
+        if not path.is_dir():
+            raise IndexError_(f"{path}: not an instar index ({'not a folder' if path.exists() else 'no such folder'})")
+        dbfile = path / DATABASE
+        if not dbfile.is_file():
+            raise IndexError_(f"{path}: not an instar index (missing {DATABASE})")
         try:
-            meta = dict(db.execute("SELECT key, value FROM meta"))
+            db = connect(dbfile)
         except sqlite3.DatabaseError as e:
+            raise IndexError_(f"{dbfile}: not a readable SQLite database ({e})") from None
+        try:
+            meta = cls._read_meta(path, db)
+            try:
+                preset = preset_from_toml(meta["preset"], source=f"{dbfile} (stored preset)")
+            except KeyError:
+                raise IndexError_(f"{dbfile}: the meta table holds no preset") from None
+            state = _load_model(path / MODEL)
+            try:
+                extractor = Extractor(preset, weights_mirror=weights_mirror).load_state(state)
+            except (KeyError, ValueError, TypeError) as e:
+                raise IndexError_(f"{path / MODEL}: not the learned model of preset {preset.name!r} ({e})") from None
+            if not extractor.is_fitted:
+                raise IndexError_(f"{path / MODEL}: holds no learned codebook/whitening for preset {preset.name!r} "
+                                  "(rebuild the index)")
+            store = Store(path, db)
+            store.snapshot()  # checks every column file against its committed length
+            return cls(path, db, extractor, store)
+        except BaseException:
             db.close()
-            raise IndexError_(f"{path / DATABASE}: unreadable metadata ({e})") from None
-        if meta.get("format_version") != str(FORMAT_VERSION):
-            db.close()
-            raise IndexError_(f"{path}: index format {meta.get('format_version')!r}, this instar reads {FORMAT_VERSION}")
-        preset = preset_from_toml(meta["preset"], source=f"{path / DATABASE} (stored preset)")
-        with np.load(path / MODEL) as z:
-            state = {k: z[k] for k in z.files}
-        extractor = Extractor(preset, weights_mirror=weights_mirror).load_state(state)
-        index = cls(path, db, extractor, int(meta["dim"]))
-        index._repair()
-        return index
+            raise
 
-    def _repair(self) -> None:
-        """Cut vector bytes that no committed metadata row refers to (left by an interrupted add)."""
-        n = len(self)
-        expected = n * self.dim * 4
-        size = (self.path / VECTORS).stat().st_size
-        if size < expected:
-            raise IndexError_(f"{self.path / VECTORS}: holds {size} bytes but {n} images of dimension {self.dim} "
-                              f"need {expected}; the file was truncated or replaced")
-        if size > expected:
-            log.info("%s: dropping %d bytes of an interrupted add", self.path / VECTORS, size - expected)
-            with open(self.path / VECTORS, "r+b") as f:
-                f.truncate(expected)
-                os.fsync(f.fileno())
+    @staticmethod
+    def _read_meta(path: Path, db: sqlite3.Connection) -> dict[str, str]:
+        dbfile = path / DATABASE
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            meta = dict(db.execute("SELECT key, value FROM meta")) if "meta" in tables else None
+        except sqlite3.DatabaseError as e:
+            raise IndexError_(f"{dbfile}: not a readable SQLite database ({e})") from None
+        if meta is None:
+            raise IndexError_(f"{dbfile}: not an instar index database (missing table meta)")
+        version = meta.get("format_version")
+        if version == "1":
+            raise IndexError_(f"{path}: index format 1, written by an older instar; this instar reads format "
+                              f"{FORMAT_VERSION} (a checksummed append-only store) and does not migrate old indexes. "
+                              f"Rebuild it: instar index PHOTOS --out NEW.index (the old index is left untouched)")
+        if version != str(FORMAT_VERSION):
+            raise IndexError_(f"{path}: index format {version!r}, this instar reads {FORMAT_VERSION}")
+        missing = [t for t in (*TABLES, *STORE_TABLES) if t not in tables]
+        if missing:
+            raise IndexError_(f"{dbfile}: not a complete instar index database (missing table{'s' * (len(missing) > 1)} "
+                              f"{', '.join(missing)}); rebuild the index")
+        return meta
 
     def close(self) -> None:
-        self._vectors = None
         self._db.close()
 
     def __enter__(self) -> "Index":
@@ -171,125 +267,209 @@ class Index:
     def preset(self) -> Preset:
         return self.extractor.preset
 
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension (0 until the first image is added)."""
+        shape = self._db.execute("SELECT shape FROM store_columns WHERE name = ?", (GLOBAL,)).fetchone()[0]
+        return json.loads(shape)[0] or 0
+
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        """Number of live (not removed) images."""
+        return self.store.live_count()
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only view: committed rows, which are live, memory maps of their data."""
+        return self.store.snapshot()
+
+    def live_rows(self) -> np.ndarray:
+        """Rows of the live images, ascending."""
+        return self.snapshot().live_rows()
 
     @property
     def vectors(self) -> np.ndarray:
-        """(N, D) float32 memory-mapped descriptors, row i = the image with `row` i; L2-normalised."""
-        if self._vectors is None or self._vectors.shape[0] != len(self):
-            n = len(self)
-            if n == 0:
-                self._vectors = np.zeros((0, max(self.dim, 1)), dtype=np.float32)
-            else:
-                self._vectors = np.memmap(self.path / VECTORS, dtype=np.float32, mode="r", shape=(n, self.dim))
-        return self._vectors
+        """(N, D) float32 memory-mapped descriptors of all N committed rows, row i = the image with `row` i,
+        L2-normalised. Rows of removed images are still there: restrict to `live_rows()` (search does)."""
+        snap = self.snapshot()
+        if snap.n_rows == 0:
+            return np.zeros((0, max(self.dim, 1)), dtype=np.float32)
+        return snap.column(GLOBAL)
 
     def records(self, rows: Iterable[int] | None = None) -> list[ImageRecord]:
-        """Metadata of the images at `rows` (in that order), or of all images ordered by row."""
-        cols = "id, row, path, name, width, height, sha256"
+        """Metadata of the images at `rows` (in that order, removed or not), or of all live images ordered by row."""
         if rows is None:
-            return [ImageRecord(*r) for r in self._db.execute(f"SELECT {cols} FROM images ORDER BY row")]
+            return [ImageRecord(*r) for r in self._db.execute(f"SELECT {_RECORD} {_LIVE} ORDER BY i.row")]
         rows = [int(r) for r in rows]
-        by_row = {r[1]: ImageRecord(*r) for r in self._db.execute(
-            f"SELECT {cols} FROM images WHERE row IN ({','.join('?' * len(rows))})", rows)} if rows else {}
+        by_row = {}
+        for start in range(0, len(rows), 500):
+            part = rows[start:start + 500]
+            by_row.update({r[1]: ImageRecord(*r) for r in self._db.execute(
+                f"SELECT {_RECORD} FROM images i WHERE i.row IN ({','.join('?' * len(part))})", part)})
         return [by_row[r] for r in rows]
+
+    def _live_record(self, path: str) -> ImageRecord | None:
+        r = self._db.execute(f"SELECT {_RECORD} {_LIVE} AND s.key = ?", (path,)).fetchone()
+        return None if r is None else ImageRecord(*r)
 
     def failures(self) -> list[tuple[str, str]]:
         return list(self._db.execute("SELECT path, reason FROM failures ORDER BY path"))
+
+    def verify(self) -> list[tuple[ImageRecord, str]]:
+        """Live images whose stored bytes are damaged (checksum mismatch or all zero), with the reason."""
+        damage = self.store.verify()
+        records = self.records([d.row for d in damage])
+        return [(rec, d.reason) for rec, d in zip(records, damage)]
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, paths: Iterable[Path | str], *, root: Path | str | None = None, batch_size: int = 16,
             progress: Progress = _no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         """Describe and store images not yet indexed; skip unchanged ones; re-describe changed files.
 
-        `root` makes the stored `name` relative to it. Unreadable files are recorded in `failures` and
-        skipped. Work is committed every `batch_size` images, so an interrupted add loses at most one batch;
-        `on_batch(n_committed)` is called after each commit.
+        `root` makes the stored `name` relative to it. A changed file gets a new row and its old row is
+        tombstoned (committed rows are never rewritten). Unreadable files, and images with no usable content,
+        are recorded in `failures` and skipped (a previously stored version stays). Work is committed every
+        `batch_size` images, so an interrupted add loses at most one batch; `on_batch(n_live)` is called after
+        each commit.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be at least 1")
         root = Path(root).resolve() if root is not None else None
+        items = []
+        for p in dict.fromkeys(Path(p).resolve() for p in paths):
+            name = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
+            items.append((p, name))
+        return self._add(items, batch_size=batch_size, progress=progress, on_batch=on_batch)
+
+    def reextract(self, records: Sequence[ImageRecord], *, batch_size: int = 16,
+                  progress: Progress = _no_progress) -> AddReport:
+        """Describe these images again from their files and store them as new rows (e.g. the damaged rows
+        `verify` found); one whose file cannot be used any more is removed and recorded as a failure."""
+        items = [(Path(r.path), r.name) for r in records]
+        return self._add(items, force={r.row for r in records}, batch_size=batch_size, progress=progress)
+
+    def _describe(self, path: Path) -> tuple[int, int, dict[str, np.ndarray]]:
+        """(width, height, {column: data}) of one image file; ImageLoadError if it cannot be used."""
+        image = imgs.load_image(path)
+        vec = self.extractor.describe_image(imgs.fit_image(image, self.preset["image"]["max_size"], path=path))
+        problem = descriptor_problem(vec)
+        if problem:
+            raise imgs.ImageLoadError(path, problem)
+        return image.width, image.height, {GLOBAL: np.asarray(vec, dtype=np.float32)}
+
+    def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,
+             progress: Progress = _no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         report = AddReport()
-        with open(self.path / LOCK, "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise IndexError_(f"{self.path}: another process is adding to this index") from None
-            pending: list[tuple[str, str, int, int, str, np.ndarray, int | None]] = []
-            unique = list(dict.fromkeys(Path(p).resolve() for p in paths))
-            for p in progress(unique, desc="indexing"):
+        with self.store.writer() as w:
+            pending: list[_Pending] = []
+            for p, name in progress(items, desc="indexing"):
                 spath = str(p)
-                name = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else spath
+                known = self._live_record(spath)
                 try:
                     digest = imgs.content_hash(p)
                 except OSError as e:
-                    self._record_failure(spath, f"cannot read file ({e.strerror or e})", report)
+                    self._record_failure(w, spath, f"cannot read file ({e.strerror or e})", report, known, force)
                     continue
-                known = self._db.execute("SELECT row, sha256 FROM images WHERE path = ?", (spath,)).fetchone()
-                if known is not None and known[1] == digest:
+                if known is not None and known.sha256 == digest and known.row not in force:
                     report.unchanged += 1
                     continue
                 try:
-                    image = imgs.load_image(p)
-                    vec = self.extractor.describe_image(imgs.resize_longest(image, self.preset["image"]["max_size"]))
+                    width, height, data = self._describe(p)
                 except imgs.ImageLoadError as e:
-                    self._record_failure(spath, e.reason, report)
+                    self._record_failure(w, spath, e.reason, report, known, force)
                     continue
-                pending.append((spath, name, image.width, image.height, digest, vec, known[0] if known else None))
+                pending.append(_Pending(spath, name, width, height, digest, data))
                 if len(pending) >= batch_size:
-                    self._commit(pending, report)
+                    self._commit(w, pending, report)
                     pending = []
                     if on_batch is not None:
                         on_batch(len(self))
             if pending:
-                self._commit(pending, report)
+                self._commit(w, pending, report)
                 if on_batch is not None:
                     on_batch(len(self))
         return report
 
-    def _record_failure(self, path: str, reason: str, report: AddReport) -> None:
+    def _record_failure(self, w, path: str, reason: str, report: AddReport, known: ImageRecord | None,
+                        force: set[int]) -> None:
         log.warning("skipping %s: %s", path, reason)
         report.failed.append((path, reason))
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (path, reason, time.time()))
+        with w.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (path, reason, time.time()))
+        if known is not None and known.row in force:
+            w.remove([known.row])
 
-    def _commit(self, pending, report: AddReport) -> None:
-        dim = pending[0][5].shape[0]
-        if self.dim == 0:
-            self.dim = dim
-        for item in pending:
-            if item[5].shape != (self.dim,):
-                raise IndexError_(f"{item[0]}: descriptor of shape {item[5].shape}, the index holds dimension {self.dim}")
-        n = len(self)
-        new = [it for it in pending if it[6] is None]
-        changed = [it for it in pending if it[6] is not None]
-        with open(self.path / VECTORS, "r+b") as f:
-            f.seek(n * self.dim * 4)
-            f.write(np.stack([it[5] for it in new]).astype(np.float32).tobytes() if new else b"")
-            for it in changed:
-                f.seek(it[6] * self.dim * 4)
-                f.write(it[5].astype(np.float32).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        now = time.time()
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
-            self._db.executemany(
-                "INSERT INTO images (row, path, name, width, height, sha256, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(n + i, it[0], it[1], it[2], it[3], it[4], now) for i, it in enumerate(new)])
-            self._db.executemany("UPDATE images SET width = ?, height = ?, sha256 = ?, added_at = ? WHERE row = ?",
-                                 [(it[2], it[3], it[4], now, it[6]) for it in changed])
-            self._db.executemany("DELETE FROM failures WHERE path = ?", [(it[0],) for it in pending])
-        report.added += len(new)
-        report.updated += len(changed)
-        self._vectors = None
+    def _commit(self, w, pending: list[_Pending], report: AddReport) -> None:
+        dim = self.dim
+        for it in pending:
+            vec = it.data[GLOBAL]
+            if dim and vec.shape != (dim,):
+                raise IndexError_(f"{it.path}: descriptor of shape {vec.shape}, the index holds dimension {dim}")
+
+        def write_images(db: sqlite3.Connection, appended) -> None:
+            now = time.time()
+            db.executemany("INSERT INTO images (row, path, name, width, height, sha256, added_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(a.row, it.path, it.name, it.width, it.height, it.sha256, now)
+                            for a, it in zip(appended, pending)])
+            db.executemany("DELETE FROM failures WHERE path = ?", [(it.path,) for it in pending])
+
+        appended = w.append([(it.path, it.data) for it in pending], on_commit=write_images)
+        for a in appended:
+            if a.replaced is None:
+                report.added += 1
+            else:
+                report.updated += 1
+
+    def remove(self, names_or_paths: Iterable[str | Path]) -> list[ImageRecord]:
+        """Remove images, each given by its stored name or its file path; all must be in the index (otherwise
+        nothing is removed). Their rows are tombstoned; adding the file again later appends a fresh row."""
+        wanted = [str(x) for x in names_or_paths]
+        with self.store.writer() as w:
+            live = self.records()
+            by_name = {r.name: r for r in live}
+            by_path = {r.path: r for r in live}
+            found: dict[int, ImageRecord] = {}
+            missing = []
+            for x in wanted:
+                rec = by_name.get(x) or by_path.get(x) or by_path.get(os.path.abspath(x))
+                if rec is None:
+                    try:
+                        rec = by_path.get(str(Path(x).resolve()))
+                    except (OSError, RuntimeError):
+                        rec = None
+                if rec is None:
+                    missing.append(x)
+                else:
+                    found[rec.row] = rec
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise IndexError_(f"{missing[0]}: not in the index {self.path}{more}; nothing was removed")
+            w.remove(list(found))
+        return list(found.values())
+
+    def prune(self) -> list[ImageRecord]:
+        """Remove the images whose files are gone (and forget failures of files that are gone)."""
+        with self.store.writer() as w:
+            gone = [r for r in self.records() if not os.path.lexists(r.path)]
+            gone_failures = [(p,) for p, _ in self.failures() if not os.path.lexists(p)]
+
+            def forget(db: sqlite3.Connection, rows) -> None:
+                db.executemany("DELETE FROM failures WHERE path = ?", gone_failures)
+
+            if gone:
+                w.remove([r.row for r in gone], on_commit=forget)
+            elif gone_failures:
+                with w.transaction() as db:
+                    forget(db, [])
+        return gone
 
     def summary(self) -> dict:
-        return {"path": str(self.path), "images": len(self), "dim": self.dim, "preset": self.preset.name,
-                "trained_on": self.meta("trained_on"), "failures": len(self.failures())}
+        snap = self.snapshot()
+        return {"path": str(self.path), "images": snap.n_live, "removed": len(snap.removed), "dim": self.dim,
+                "preset": self.preset.name, "trained_on": self.meta("trained_on"), "failures": len(self.failures())}
 
     def __repr__(self) -> str:
         return f"Index({json.dumps(self.summary())})"

@@ -27,9 +27,25 @@ def _thumbnail_data_uri(path: Path | str, box: Sequence[float] | None, colour: s
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _image_or_placeholder(path: Path | str, box: Sequence[float] | None, colour: str, size: int = THUMB, *,
+                          element_id: str | None = None, alt: str = "") -> str:
+    """An <img> of the thumbnail, or, when the file is gone or unreadable, a placeholder saying why."""
+    esc = html.escape
+    ident = f' id="{esc(element_id)}"' if element_id else ""
+    try:
+        uri = _thumbnail_data_uri(path, box, colour, size)
+    except imgs.ImageLoadError as e:
+        return (f'<div class="missing"{ident} role="img" aria-label="{esc(alt)}: image unavailable" '
+                f'style="width:{size}px;height:{size * 3 // 4}px">image unavailable<br>'
+                f'<span class="reason">{esc(e.reason)}</span></div>')
+    return f'<img{ident} src="{uri}" alt="{esc(alt)}">'
+
+
 def hits_html(query: Path | str, box: Sequence[float] | None, hits: Sequence[Hit], *, title: str = "instar search",
               positives: set[str] | None = None) -> str:
     """HTML text of a results page; images are embedded, so the page can be moved or mailed on its own.
+
+    A hit whose file is gone or unreadable (e.g. deleted since it was indexed) shows a placeholder with the reason.
 
     `positives` (hit names known to be correct, e.g. from ground truth) marks each hit green or red.
     """
@@ -41,7 +57,7 @@ def hits_html(query: Path | str, box: Sequence[float] | None, hits: Sequence[Hit
             ok = h.name in positives
             verdict = f' data-correct="{str(ok).lower()}" style="border-color:{"#2a2" if ok else "#c22"}"'
         cards.append(
-            f'<figure class="hit"{verdict}><img src="{_thumbnail_data_uri(h.path, h.box, "#ff0")}" alt="{esc(h.name)}">'
+            f'<figure class="hit"{verdict}>{_image_or_placeholder(h.path, h.box, "#ff0", alt=h.name)}'
             f'<figcaption><b>#{h.rank}</b> {h.score:.4f}<br><span class="name">{esc(h.name)}</span></figcaption></figure>')
     box_text = "whole image" if box is None else ", ".join(f"{v:g}" for v in box)
     return f"""<!doctype html>
@@ -53,10 +69,13 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
 figure.hit {{ margin: 0; padding: 6px; border: 3px solid #ccc; background: #fff; width: {THUMB}px; }}
 figure.hit img {{ max-width: {THUMB}px; max-height: {THUMB}px; display: block; }}
 .name {{ font-size: 0.8em; color: #555; word-break: break-all; }}
+.missing {{ display: flex; flex-direction: column; align-items: center; justify-content: center; text-align: center;
+  background: #eee; color: #a22; font-size: 0.9em; max-width: 100%; }}
+.missing .reason {{ color: #555; font-size: 0.85em; word-break: break-all; padding: 0 6px; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <section class="query"><h2>Query</h2>
-<img id="query" src="{_thumbnail_data_uri(query, box, "#36c", 320)}" alt="query">
+{_image_or_placeholder(query, box, "#36c", 320, element_id="query", alt="query")}
 <p>{esc(str(query))} — box: {esc(box_text)}</p></section>
 <section><h2>{len(hits)} hits</h2><div class="hits">
 {chr(10).join(cards)}

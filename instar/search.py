@@ -70,21 +70,44 @@ def search(index, query: Path | str | np.ndarray, *, box: Sequence[float] | None
            expansion: str | None = None, qe_top: int | None = None, alpha: float | None = None) -> list[Hit]:
     """Search an `instar.Index` with an image file (optionally a box on it) or a ready (D,) descriptor.
 
-    Options left as None take the index's preset `[search]` values.
+    Options left as None take the index's preset `[search]` values. Only live (not removed) images are
+    searched, in one consistent snapshot of the index. A query with no usable content (an image too small,
+    blank or featureless for its descriptor to be non-zero) is refused with an `ImageLoadError`.
     """
+    from .images import ImageLoadError
+    from .index import GLOBAL, descriptor_problem
+
     cfg = index.preset["search"]
+    k = cfg["k"] if k is None else k
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k={k}: the number of hits must be a whole number of at least 1")
+    k = int(k)
     if isinstance(query, np.ndarray):
         if box is not None:
             raise ValueError("a box applies to a query image, not to a ready descriptor")
         q = query.astype(np.float32)
+        problem = descriptor_problem(q)
+        if problem:
+            raise ValueError(f"query descriptor: {problem}")
     else:
         q = index.extractor.describe(query, box)
-    if len(index) == 0:
+        problem = descriptor_problem(q)
+        if problem:
+            where = "" if box is None else f"box {','.join(f'{float(v):g}' for v in box)}: "
+            raise ImageLoadError(query, where + problem)
+    snap = index.snapshot()
+    live = snap.live_rows()
+    if len(live) == 0:
         return []
-    scores, rows = search_vectors(index.vectors, q[None, :], k or cfg["k"],
-                                  expansion=expansion or cfg["expansion"], qe_top=cfg["qe_top"] if qe_top is None else qe_top,
-                                  alpha=cfg["alpha"] if alpha is None else alpha)
-    records = index.records(rows[0].tolist())
+    vectors = snap.column(GLOBAL)
+    if q.shape != vectors.shape[1:]:
+        raise ValueError(f"query descriptor of shape {q.shape}, the index holds dimension {vectors.shape[1]}")
+    database = vectors if len(live) == snap.n_rows else np.asarray(vectors[live])
+    scores, positions = search_vectors(database, q[None, :], k, expansion=expansion or cfg["expansion"],
+                                       qe_top=cfg["qe_top"] if qe_top is None else qe_top,
+                                       alpha=cfg["alpha"] if alpha is None else alpha)
+    rows = live[positions[0]]
+    records = index.records(rows.tolist())
     return [Hit(rank=i + 1, score=float(s), row=r.row, id=r.id, name=r.name, path=r.path,
                 box=(0.0, 0.0, float(r.width), float(r.height)))
             for i, (s, r) in enumerate(zip(scores[0], records))]

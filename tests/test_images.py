@@ -72,3 +72,19 @@ def test_list_images_recursive_and_sorted(photos):
     found = imgs.list_images(photos)
     assert len(found) == 8 and found == sorted(found)
     assert any(p.parent.name == "sub" for p in found)
+
+
+def test_wide_greyscale_is_scaled_to_8_bit_by_the_documented_rule():
+    ramp = np.linspace(0, 1, 64, dtype=np.float64).reshape(8, 8)
+    cases = [  # (image, expected 8-bit values)
+        (Image.frombytes("I;16B", (8, 8), (ramp * 65535).astype(">u2").tobytes()), ramp * 255),   # by bit depth
+        (Image.fromarray((ramp * 65535).astype(np.uint16)), ramp * 255),
+        (Image.fromarray((ramp * 200).astype(np.int32), mode="I"), np.floor(ramp * 200)),         # 0..255: kept
+        (Image.fromarray((ramp * 60000).astype(np.int32), mode="I"), np.floor(ramp * 60000) * 255 / 65535),
+        (Image.fromarray((ramp * 1e6 - 5e5).astype(np.int32), mode="I"), ramp * 255),              # stretched
+        (Image.fromarray(ramp.astype(np.float32), mode="F"), ramp * 255),                          # 0..1 floats
+    ]
+    for im, expected in cases:
+        out = np.asarray(imgs.to_8bit_rgb(im))
+        assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+        assert np.abs(out[..., 0].astype(float) - expected).max() <= 1.0, im.mode

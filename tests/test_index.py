@@ -1,5 +1,4 @@
 import os
-import sqlite3
 
 import numpy as np
 import pytest
@@ -47,21 +46,52 @@ def test_add_skips_unchanged_and_redescribes_changed(tmp_path, photos, fast_pres
     before = np.asarray(idx.vectors).copy()
     r = idx.add(list_images(coll), root=coll)
     assert (r.added, r.updated, r.unchanged) == (0, 0, 8)
-    # change one file's content: its row is rewritten in place, nothing else moves
+    # change one file's content: its old row is tombstoned and a new row appended; committed rows never change
     Image.open(photos / "rocket.jpg").transpose(Image.FLIP_LEFT_RIGHT).save(coll / "rocket.jpg")
-    row = next(rec.row for rec in idx.records() if rec.name == "rocket.jpg")
+    old_row = next(rec.row for rec in idx.records() if rec.name == "rocket.jpg")
     r = idx.add(list_images(coll), root=coll)
     assert (r.added, r.updated, r.unchanged) == (0, 1, 7)
     after = np.asarray(idx.vectors)
-    assert len(idx) == 8
-    assert not np.allclose(after[row], before[row])
-    others = [i for i in range(8) if i != row]
-    assert np.array_equal(after[others], before[others])
+    assert len(idx) == 8 and after.shape == (9, 1024)
+    new_row = next(rec.row for rec in idx.records() if rec.name == "rocket.jpg")
+    assert new_row == 8 and old_row not in idx.live_rows().tolist()
+    assert not np.allclose(after[new_row], before[old_row])
+    assert np.array_equal(after[:8], before)  # no stored row moved or changed, the tombstoned one included
+    assert idx.verify() == []
+    # search finds every image first, each at its live row; the old version of the rocket is never returned
+    for rec in idx.records():
+        hits = search(idx, rec.path, k=9, expansion="none")
+        assert hits[0].name == rec.name and hits[0].row == rec.row
+        assert old_row not in [h.row for h in hits] and len(hits) == 8
     # adding new images appends without recomputing the old ones
     Image.open(photos / "coffee.jpg").rotate(90, expand=True).save(coll / "coffee_rot.jpg")
     r = idx.add(list_images(coll), root=coll)
     assert (r.added, r.updated, r.unchanged) == (1, 0, 8)
-    assert np.array_equal(np.asarray(idx.vectors)[:8], after)
+    assert np.array_equal(np.asarray(idx.vectors)[:9], after)
+
+
+def test_remove_prune_and_re_add(tmp_path, photos, fast_preset):
+    import shutil
+    coll = tmp_path / "coll"
+    shutil.copytree(photos, coll)
+    idx = make_index(tmp_path, fast_preset, coll)
+    before = np.asarray(idx.vectors).copy()
+    removed = idx.remove(["coffee.jpg", str(coll / "rocket.jpg")])
+    assert sorted(r.name for r in removed) == ["coffee.jpg", "rocket.jpg"] and len(idx) == 6
+    hits = search(idx, coll / "coffee.jpg", k=8, expansion="none")
+    assert len(hits) == 6 and "coffee.jpg" not in [h.name for h in hits]
+    with pytest.raises(IndexError_, match="nope.jpg: not in the index"):
+        idx.remove(["chelsea.jpg", "nope.jpg"])
+    assert len(idx) == 6  # all or nothing
+    (coll / "chelsea.jpg").unlink()
+    assert [r.name for r in idx.prune()] == ["chelsea.jpg"] and len(idx) == 5
+    # re-adding a removed file appends a fresh row with the same vector; stored rows never change
+    r = idx.add(list_images(coll), root=coll)
+    assert (r.added, r.updated, r.unchanged) == (2, 0, 5)
+    v = np.asarray(idx.vectors)
+    assert v.shape[0] == 10 and np.array_equal(v[:8], before)
+    rows = {rec.name: rec.row for rec in idx.records()}
+    assert rows["coffee.jpg"] >= 8 and rows["rocket.jpg"] >= 8 and "chelsea.jpg" not in rows
 
 
 def test_interrupted_add_resumes_to_the_same_index(tmp_path, photos, fast_preset):
@@ -84,10 +114,13 @@ def test_interrupted_add_resumes_to_the_same_index(tmp_path, photos, fast_preset
     assert len(part) == 3  # one committed batch survived
     part.close()
     # simulate a crash half-way through writing the next batch's vectors: garbage after the committed rows
-    with open(tmp_path / "part.index" / "vectors.f32", "ab") as f:
+    column = tmp_path / "part.index" / "global.float32"
+    with open(column, "ab") as f:
         f.write(b"\x7f" * 1000)
     resumed = Index.open(tmp_path / "part.index")
-    assert os.path.getsize(tmp_path / "part.index" / "vectors.f32") == 3 * resumed.dim * 4
+    # a reader never modifies: the tail stays until a writer (under the lock) cuts it
+    assert os.path.getsize(column) == 3 * resumed.dim * 4 + 1000
+    assert resumed.vectors.shape == (3, resumed.dim) and resumed.verify() == []
     report = resumed.add(list_images(photos), root=photos, batch_size=3)
     assert (report.added, report.unchanged) == (5, 3)
     a = {r.name: np.asarray(full.vectors)[r.row] for r in full.records()}
@@ -96,6 +129,43 @@ def test_interrupted_add_resumes_to_the_same_index(tmp_path, photos, fast_preset
     for name in a:
         assert np.array_equal(a[name], b[name]), name
     assert sorted(r.name for r in resumed.records()) == sorted(r.name for r in full.records())
+
+
+def test_verify_finds_damaged_rows_and_reextract_restores_them(tmp_path, photos, fast_preset):
+    idx = make_index(tmp_path, fast_preset, photos)
+    good = {r.name: np.array(idx.vectors[r.row]) for r in idx.records()}
+    recs, dim = idx.records(), idx.dim
+    with open(tmp_path / "a.index" / "global.float32", "r+b") as f:
+        f.seek(recs[2].row * dim * 4)
+        f.write(bytes(dim * 4))  # all zero, as the reader/writer race of issue 7 left rows
+        f.seek(recs[5].row * dim * 4 + 17)
+        f.write(b"\x42")  # one byte changed
+    damaged = idx.verify()
+    assert [rec.name for rec, _ in damaged] == [recs[2].name, recs[5].name]
+    assert "all zero" in damaged[0][1] and "checksum mismatch" in damaged[1][1]
+    report = idx.reextract([rec for rec, _ in damaged])
+    assert (report.added, report.updated) == (0, 2) and idx.verify() == [] and len(idx) == 8
+    for rec in idx.records():
+        assert np.array_equal(idx.vectors[rec.row], good[rec.name]), rec.name
+
+
+def test_images_without_usable_content_are_failures(tmp_path, photos, fast_preset):
+    import shutil
+    from PIL import Image
+    coll = tmp_path / "coll"
+    shutil.copytree(photos, coll)
+    Image.new("RGB", (200, 150), (120, 120, 120)).save(coll / "blank.png")  # no keypoints: an all-zero VLAD
+    Image.new("RGB", (3, 3), (10, 200, 10)).save(coll / "tiny.png")
+    idx = make_index(tmp_path, fast_preset, coll)
+    assert len(idx) == 8 and np.all(np.linalg.norm(np.asarray(idx.vectors), axis=1) > 0.99)
+    failures = dict(idx.failures())
+    assert "no usable content: its descriptor is all zero" in failures[str(coll / "blank.png")]
+    assert "too small: the 3x3 image" in failures[str(coll / "tiny.png")]
+    from instar import ImageLoadError
+    with pytest.raises(ImageLoadError, match="blank.png: no usable content"):
+        search(idx, coll / "blank.png")
+    with pytest.raises(ValueError, match="k=0: the number of hits must be a whole number of at least 1"):
+        search(idx, coll / "coffee.jpg", k=0)
 
 
 def test_unreadable_files_are_recorded_not_fatal(tmp_path, photos, fast_preset):
@@ -112,9 +182,9 @@ def test_unreadable_files_are_recorded_not_fatal(tmp_path, photos, fast_preset):
 def test_truncated_vector_file_is_reported(tmp_path, photos, fast_preset):
     idx = make_index(tmp_path, fast_preset, photos)
     idx.close()
-    with open(tmp_path / "a.index" / "vectors.f32", "r+b") as f:
+    with open(tmp_path / "a.index" / "global.float32", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(IndexError_, match="vectors.f32: holds 100 bytes but 8 images"):
+    with pytest.raises(IndexError_, match="global.float32: holds 100 bytes but the 8 committed items"):
         Index.open(tmp_path / "a.index")
 
 

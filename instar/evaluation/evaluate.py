@@ -91,8 +91,9 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
                 notes.append(f"WARNING: {len(resolved) - len(present)} of {len(resolved)} database images could not be read "
                              f"and are ranked nowhere (first: {first}: {failed.get(first, 'not indexed')})")
             db_rows = np.array([row_of_path[resolved[i]] for i in present], dtype=np.int64)
-            in_order = len(index) == len(db_rows) and np.array_equal(db_rows, np.arange(len(db_rows)))
-            vectors = index.vectors if in_order else np.asarray(index.vectors)[db_rows]
+            stored = index.vectors  # every committed row, removed ones included: keep only the database's rows
+            in_order = stored.shape[0] == len(db_rows) and np.array_equal(db_rows, np.arange(len(db_rows)))
+            vectors = stored if in_order else np.asarray(stored)[db_rows]
             t0 = time.perf_counter()
             queries = np.stack([index.extractor.describe(q.image, q.box) for q in progress(ds.queries, desc="queries")])
             timings["queries"] = time.perf_counter() - t0
