@@ -12,6 +12,7 @@ with an index.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import images as imgs
 from .presets import Preset
+from .regions import MapGeometry, Regions
 from .stages import SECTIONS
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,17 @@ def _no_progress(it: Iterable, **_: object) -> Iterable:
     return it
 
 
+@dataclass
+class Description:
+    """What the extractor says about one image: its global `vector` (D,) float32 (L2-normalised) and, when the
+    preset stores regions, their `boxes` (R, 4) float32 [x0, y0, x1, y1] in the described image's pixels and
+    their descriptors `regions` (R, Dr) float32. `size` is the described (prepared) image's (W, H)."""
+    vector: np.ndarray
+    size: tuple[int, int]
+    boxes: np.ndarray | None = None
+    regions: np.ndarray | None = None
+
+
 class Extractor:
     """Image -> (D,) float32 L2-normalised descriptor, as the preset prescribes."""
 
@@ -47,6 +60,7 @@ class Extractor:
         self.regions = SECTIONS["regions"].build_section(preset["regions"])
         self.pooling = SECTIONS["pooling"].build_section(preset["pooling"])
         self.whitening = SECTIONS["whitening"].build_section(preset["whitening"])
+        self.region_pooling = SECTIONS["region_pooling"].build_section(preset["region_pooling"])
 
     # --- configuration -------------------------------------------------------------------------
     @property
@@ -70,19 +84,64 @@ class Extractor:
         """The image stage: load, crop to `box` at full resolution, shrink."""
         return self.image(path, box)
 
-    def _pooled(self, views) -> np.ndarray:
+    @property
+    def stores_regions(self) -> bool:
+        """Whether each image also gets region boxes and region descriptors."""
+        return self.region_pooling.stores_regions
+
+    def regions_of(self, image, maps) -> Callable[[object], Regions]:
+        """The regions stage bound to one image: a (C, h, w) map of it (any of its scales) -> `Regions`."""
+        W, H = image.size
+        w0, h0 = maps[0].shape[-1], maps[0].shape[-2]
+        stride = getattr(self.features.model, "stride", 1) if self.features.kind == "maps" else 1
+
+        def of(fmap) -> Regions:
+            w, h = fmap.shape[-1], fmap.shape[-2]
+            size = (W, H) if (w, h) == (w0, h0) else (max(1, round(W * w / w0)), max(1, round(H * h / h0)))
+            return self.regions(fmap, MapGeometry.of(size, (w, h), stride), image)
+        return of
+
+    def _pooled(self, views, regions_of) -> np.ndarray:
         """Pooled (D0,) vector of one image's features, before image-level whitening (region-level applied)."""
         region_whiten = self.whitening.transform if self.pooling.whitens_regions else None
-        return self.pooling(views, self.regions, region_whiten)
+        return self.pooling(views, regions_of, region_whiten)
 
-    def describe_image(self, image) -> np.ndarray:
-        """A prepared PIL image -> (D,) float32, L2-normalised."""
-        if not self.is_fitted:
-            raise RuntimeError(f"preset {self.preset.name!r} must be fitted on training images before describing")
-        v = self._pooled(self.features(image))
+    def _vector(self, views, regions_of) -> np.ndarray:
+        v = self._pooled(views, regions_of)
         if not self.pooling.whitens_regions:
             v = self.whitening.apply(v)
         return np.asarray(v, dtype=np.float32)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"preset {self.preset.name!r} must be fitted on training images before describing")
+
+    def describe_image(self, image) -> np.ndarray:
+        """A prepared PIL image -> (D,) float32, L2-normalised."""
+        self._check_fitted()
+        views = self.features(image)
+        return self._vector(views, self.regions_of(image, views) if self.features.kind == "maps" else None)
+
+    def describe_full(self, image) -> Description:
+        """A prepared PIL image -> its `Description`: the global vector and, if the preset stores them, its regions."""
+        self._check_fitted()
+        views = self.features(image)
+        regions_of = self.regions_of(image, views) if self.features.kind == "maps" else None
+        out = Description(self._vector(views, regions_of), image.size)
+        if self.stores_regions:
+            regions = regions_of(views[0])
+            out.boxes = regions.pixels.astype(np.float32)
+            out.regions = self.region_pooling(views, regions)
+        return out
+
+    def describe_box(self, image, box: Sequence[float]) -> np.ndarray:
+        """The region descriptor of a pixel `box` on a prepared image, pooled like the stored regions
+        (CA-SR's query descriptor: the box warped onto the whole image's map). (Dr,) float32."""
+        self._check_fitted()
+        views = self.features(image)
+        geometry = MapGeometry.of(image.size, (views[0].shape[-1], views[0].shape[-2]),
+                                  getattr(self.features.model, "stride", 1))
+        return self.region_pooling(views, Regions.from_pixels(np.asarray([box], np.float32), geometry))[0]
 
     def describe(self, path: Path | str, box: Sequence[float] | None = None) -> np.ndarray:
         """An image file (cropped to `box` at full resolution first) -> (D,) float32, L2-normalised."""
@@ -110,8 +169,11 @@ class Extractor:
             views = (self.features(im) for im in progress(loaded, desc=f"features for the {self.pooling.__class__.__name__}"))
             self.pooling.fit(views, len(loaded), rng)
         if self.whitening.learns:
-            vectors = [self.pooling.whitening_inputs(self.features(im), self.regions)
-                       for im in progress(loaded, desc="vectors for whitening")]
+            vectors = []
+            for im in progress(loaded, desc="vectors for whitening"):
+                views = self.features(im)
+                regions_of = self.regions_of(im, views) if self.features.kind == "maps" else None
+                vectors.append(self.pooling.whitening_inputs(views, regions_of))
             self.whitening.fit(np.concatenate(vectors), rng)
         return self
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .codebook import Codebook
-from .registry import POOLINGS
+from .registry import POOLINGS, REGION_POOLINGS
 from .whitening import l2n, power_normalize
 
 
@@ -72,9 +72,19 @@ def crow(x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = 1e-6) -> 
 
 
 def region_mac(x: torch.Tensor, regions: np.ndarray) -> torch.Tensor:
-    """RoI max-pooling: MAC of each [x0, y0, x1, y1) cell box. (C, H, W), (R, 4) -> (R, C)."""
+    """RoI max-pooling (RPA-max, Salvador et al. sec. 3.1; DRH sec. 3.1.2): MAC of each [x0, y0, x1, y1) cell box.
+    (C, H, W), (R, 4) int -> (R, C)."""
     out = [x[:, y0:y1, x0:x1].amax(dim=(-2, -1)) for x0, y0, x1, y1 in np.asarray(regions).tolist()]
     return torch.stack(out) if out else x.new_zeros((0, x.shape[0]))
+
+
+def region_sum(x: torch.Tensor, regions: np.ndarray) -> torch.Tensor:
+    """RoI sum-pooling (RPA-sum, Salvador et al. sec. 3.1) through a summed-area table. (C, H, W), (R, 4) int -> (R, C)."""
+    r = torch.as_tensor(np.asarray(regions, dtype=np.int64).reshape(-1, 4))
+    sat = torch.nn.functional.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (C, H+1, W+1)
+    x0, y0, x1, y1 = r.unbind(1)
+    total = sat[:, y1, x1] - sat[:, y0, x1] - sat[:, y1, x0] + sat[:, y0, x0]  # (C, R)
+    return total.T.to(x.dtype)
 
 
 def rmac(x: torch.Tensor, regions: np.ndarray, whiten: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -186,11 +196,11 @@ class RMACPooling(MapPooling):
     whitens_regions = True
 
     def pool_map(self, fmap, regions, whiten):
-        return rmac(fmap, regions(fmap), whiten)
+        return rmac(fmap, regions(fmap).cells, whiten)
 
     def whitening_inputs(self, maps, regions):
         """Every L2-normalised region MAC of every scale: (sum of R over scales, C) float32."""
-        return np.concatenate([l2n(region_mac(fmap, regions(fmap))).numpy() for fmap in maps])
+        return np.concatenate([l2n(region_mac(fmap, regions(fmap).cells)).numpy() for fmap in maps])
 
 
 @POOLINGS.register("vlad")
@@ -234,3 +244,30 @@ class VLADPooling:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "codebook.centroids" in state:
             self.codebook = Codebook.from_state({"centroids": state["codebook.centroids"]})
+
+
+@REGION_POOLINGS.register("none")
+class NoRegionPooling:
+    """No region descriptors: the image is one global vector."""
+    stores_regions = False
+
+
+@REGION_POOLINGS.register("max")
+class RPAMax:
+    """RPA-max: RoI max-pooling of each region on the scale-1 map, L2-normalised (Salvador et al. sec. 3.1)."""
+    stores_regions = True
+    input_kind = "maps"
+
+    def __call__(self, maps: Sequence[torch.Tensor], regions) -> np.ndarray:
+        """(R, C) float32, one L2-normalised row per region of `regions` (a `Regions`)."""
+        return l2n(region_mac(maps[0], regions.cells)).numpy().astype(np.float32)
+
+
+@REGION_POOLINGS.register("sum")
+class RPASum:
+    """RPA-sum: RoI sum-pooling of each region on the scale-1 map, L2-normalised (Salvador et al. sec. 3.1)."""
+    stores_regions = True
+    input_kind = "maps"
+
+    def __call__(self, maps: Sequence[torch.Tensor], regions) -> np.ndarray:
+        return l2n(region_sum(maps[0], regions.cells)).numpy().astype(np.float32)

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
-from .registry import FEATURES, IMAGE, POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
+from .registry import FEATURES, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
 
 SECTIONS: dict[str, Registry] = {
     "image": IMAGE,
@@ -14,6 +14,7 @@ SECTIONS: dict[str, Registry] = {
     "regions": REGIONS,
     "pooling": POOLINGS,
     "whitening": WHITENINGS,
+    "region_pooling": REGION_POOLINGS,
     "train": TRAIN,
     "search": SEARCH,
 }
@@ -44,6 +45,10 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
                 f"({pool.name} pools {pool.input_kind}, {features.name} gives {features.kind})")
     if pool.needs_regions and sections["regions"]["method"] == "none":
         return f"pooling.method {pool.name!r} pools over regions: set regions.method (e.g. 'rmac')"
+    region_pool = REGION_POOLINGS.entry(sections["region_pooling"]["method"])
+    if region_pool.stores_regions and region_pool.input_kind != features.kind:
+        return (f"region_pooling.method {region_pool.name!r} does not fit features.type {features.name!r} "
+                f"({region_pool.name} pools {region_pool.input_kind}, {features.name} gives {features.kind})")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
