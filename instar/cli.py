@@ -16,6 +16,8 @@ from tqdm import tqdm
 from .images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset
+from .registry import EXPANSIONS
+from . import stages  # noqa: F401  (registers every stage entry, for --expansion choices)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="instar: instance-level image search (index a folder, search it with an image or a box, evaluate presets).")
@@ -105,7 +107,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             _fail(f"{photos}: no image files found")
         if out.exists():
             idx = Index.open(out)
-            if preset is not None and load_preset(preset).with_overrides(_overrides(sets, weights)).to_toml() != idx.preset.to_toml():
+            if preset is not None and load_preset(preset).with_overrides(_overrides(sets, weights)).extraction_toml() != idx.preset.extraction_toml():
                 idx.close()
                 _fail(f"{out}: was built with another preset configuration ({idx.preset.name}); "
                       "omit --preset/--set to add to it, or choose another --out")
@@ -145,16 +147,17 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
 def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path = typer.Argument(...),
            box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in the query image's pixels."),
            k: int = typer.Option(20, "-k", help="Number of hits (at least 1)."),
-           expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
+           expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
+           sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a search-time value (search, filter, rerank, expansion), e.g. rerank.top=50."),
            html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
-           as_json: bool = typer.Option(False, "--json", help="Print hits as JSON.")):
+           as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
     from .report import write_hits_html
     from .search import search as run_search
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
-    if expansion not in (None, "none", "aqe", "alpha-qe"):
-        _fail(f"--expansion {expansion!r}: expected none, aqe or alpha-qe")
+    if expansion is not None and expansion not in EXPANSIONS:
+        _fail(f"--expansion {expansion!r}: expected one of {', '.join(EXPANSIONS.names())}")
     query_box = _parse_box(box, query)
     if html is not None:
         problem = _html_target_problem(html)
@@ -162,7 +165,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
             _fail(f"{html}: {problem}")
     try:
         with Index.open(index_dir) as idx:
-            hits = run_search(idx, query, box=query_box, k=k, expansion=expansion)
+            hits = run_search(idx, query, box=query_box, k=k, expansion=expansion, overrides=_overrides(sets, None))
     except (IndexError_, ImageLoadError, PresetError) as e:
         _fail(str(e))
     except ValueError as e:
@@ -222,19 +225,26 @@ def eval_(dataset: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k
     typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if as_json:
         as_json.write_text(json.dumps({"dataset": result.dataset, "preset": result.preset.name, "expansion": result.expansion,
-                                       "trained_on": result.trained_on, "metrics": result.report.metrics}, indent=1, default=float))
+                                       "search": result.search, "trained_on": result.trained_on, "metrics": result.metrics},
+                                      indent=1, default=float))
 
 
 @app.command()
 def presets():
     """List the built-in presets and what they are."""
+    from .evaluation.evaluate import describe_search
     for name in builtin_names():
         p = load_preset(name)
-        f, pool, w, s = p["features"], p["pooling"], p["whitening"], p["search"]
+        f, pool, w = p["features"], p["pooling"], p["whitening"]
         trunk = "RootSIFT (OpenCV)" if f["type"] == "rootsift" else f"{f['arch']} ({f['weights']}), scales {f['scales']}"
+        if f.get("layer"):
+            trunk += f", layer {f['layer']}"
         default = "  [default]" if name == DEFAULT_PRESET else ""
-        typer.echo(f"{name}{default}\n    {p.description}\n    features: {trunk}; pooling: {pool['method']}; "
-                   f"whitening: {w['method']}; expansion: {s['expansion']}\n    from: {p.reference}")
+        regions = f"; regions: {p['regions']['method']}" if p["regions"]["method"] != "none" else ""
+        region_pooling = (f"; region descriptors: {p['region_pooling']['method']}"
+                          if p["region_pooling"]["method"] != "none" else "")
+        typer.echo(f"{name}{default}\n    {p.description}\n    features: {trunk}{regions}; pooling: {pool['method']}; "
+                   f"whitening: {w['method']}{region_pooling}\n    search: {describe_search(p)}\n    from: {p.reference}")
 
 
 @app.command()

@@ -1,8 +1,14 @@
-"""Query expansion: a new query from the query and its top-ranked neighbours."""
+"""Query expansion: a new query from the query and its top-ranked neighbours, searched again.
+
+The functions are the formulas; the entries of `EXPANSIONS` (a preset's `expansion.method`) are the stages:
+they build the new global query from the top `top` images of the (re-ranked) ranking and search the global
+descriptors again with it (Salvador et al. sec. 3.3: QE after spatial re-ranking).
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from .registry import EXPANSIONS
 from .whitening import l2n
 
 
@@ -22,3 +28,48 @@ def alpha_query_expansion(query: np.ndarray, neighbours: np.ndarray, similaritie
     """
     w = np.maximum(similarities, 0.0) ** alpha
     return l2n(query + (w[..., None] * neighbours).sum(axis=1))
+
+
+@EXPANSIONS.register("none")
+class NoExpansion:
+    """No query expansion."""
+    top = 0
+
+    def __call__(self, db, query, ranking, filter_, k):
+        return ranking
+
+
+def _search_global(db, vector: np.ndarray, k: int):
+    from .filter import GlobalKNN
+    return GlobalKNN().search(db, vector, k)
+
+
+@EXPANSIONS.register("aqe")
+class AverageQE:
+    """Average QE over the top `top` images (Chum et al.; Salvador et al. sec. 3.3, M = 5)."""
+
+    def __init__(self, *, top: int = 10):
+        self.top = top
+
+    def __call__(self, db, query, ranking, filter_, k):
+        m = min(self.top, len(ranking))
+        if m == 0:
+            return ranking
+        neighbours = np.asarray(db.vectors[ranking.positions[:m]], dtype=np.float32)[None]
+        return _search_global(db, average_query_expansion(query.vector[None], neighbours)[0], k)
+
+
+@EXPANSIONS.register("alpha-qe")
+class AlphaQE:
+    """alpha-QE over the top `top` images, weights max(s, 0)^alpha (Radenović et al.; survey sec. 4)."""
+
+    def __init__(self, *, top: int = 10, alpha: float = 3.0):
+        self.top, self.alpha = top, alpha
+
+    def __call__(self, db, query, ranking, filter_, k):
+        m = min(self.top, len(ranking))
+        if m == 0:
+            return ranking
+        neighbours = np.asarray(db.vectors[ranking.positions[:m]], dtype=np.float32)[None]
+        sims = (neighbours[0] @ query.vector)[None]
+        return _search_global(db, alpha_query_expansion(query.vector[None], neighbours, sims, self.alpha)[0], k)

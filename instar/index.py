@@ -18,8 +18,9 @@ are fsync'ed and checked, so an interrupted add resumes where it stopped; a chan
 one is tombstoned), `remove` / `prune` tombstone; readers (search) see a consistent snapshot of the committed,
 live rows and never modify anything.
 
-New columns are declarations in `COLUMNS` (e.g. `Column("boxes", "float32", (4,), ragged=True)`); `add`
-stores whatever `_describe` returns for each of them.
+The columns an index holds follow from its preset (`columns_for`): `global.float32` always; with region
+descriptors also `boxes.float32` (each image's region boxes, (R, 4) [x0, y0, x1, y1] in original pixels) and
+`regions.float32` ((R, Dr) region descriptors), both ragged; `add` stores whatever `_describe` returns for each.
 
 Format 1 (instar before this store: `vectors.f32` rewritten in place) is not migrated: its rows may already
 have been damaged by the bug format 2 fixes and it holds no checksums to tell, so opening it says how to
@@ -51,9 +52,16 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 DATABASE, MODEL = "index.sqlite", "model.npz"
-GLOBAL = "global"
-# Per-image data the index stores; a later stage adds a column here (ragged: 0..n items per image).
-COLUMNS = (Column(GLOBAL, "float32", (None,)),)
+GLOBAL, BOXES, REGIONS = "global", "boxes", "regions"
+
+
+def columns_for(extractor: Extractor) -> tuple[Column, ...]:
+    """The per-image data an index of this extractor stores: the global descriptor, and when the preset stores
+    regions, each image's region boxes (original pixels) and region descriptors (ragged: R items per image)."""
+    cols = [Column(GLOBAL, "float32", (None,))]
+    if extractor.stores_regions:
+        cols += [Column(BOXES, "float32", (4,), ragged=True), Column(REGIONS, "float32", (None,), ragged=True)]
+    return tuple(cols)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -186,7 +194,7 @@ class Index:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
                 db.execute("COMMIT")
-                Store.initialise(tmp, db, COLUMNS)
+                Store.initialise(tmp, db, columns_for(extractor))
             finally:
                 db.close()
             np.savez(tmp / MODEL, **extractor.state())
@@ -353,11 +361,16 @@ class Index:
     def _describe(self, path: Path) -> tuple[int, int, dict[str, np.ndarray]]:
         """(width, height, {column: data}) of one image file; ImageLoadError if it cannot be used."""
         image = imgs.load_image(path)
-        vec = self.extractor.describe_image(imgs.fit_image(image, self.preset["image"]["max_size"], path=path))
-        problem = descriptor_problem(vec)
+        d = self.extractor.describe_full(imgs.fit_image(image, self.preset["image"]["max_size"], path=path))
+        problem = descriptor_problem(d.vector)
         if problem:
             raise imgs.ImageLoadError(path, problem)
-        return image.width, image.height, {GLOBAL: np.asarray(vec, dtype=np.float32)}
+        data = {GLOBAL: np.asarray(d.vector, dtype=np.float32)}
+        if self.extractor.stores_regions:
+            scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
+            data[BOXES] = (d.boxes * scale).astype(np.float32)
+            data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
+        return image.width, image.height, data
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,
              progress: Progress = _no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:

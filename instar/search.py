@@ -1,23 +1,36 @@
-"""Search stage: filter (exact inner-product k-NN through faiss) -> re-rank slot -> query expansion -> hits."""
+"""Search: filter -> re-rank -> query expansion -> hits with boxes, each stage an entry of its registry.
+
+The stages a preset names (`[filter]`, `[rerank]`, `[expansion]`, instar.stages) work on three plain objects:
+
+- `Database`: one consistent snapshot of the index's live images -- their store rows, global vectors, and (when
+  the preset stores them) a `RegionTable` of every image's region boxes and descriptors;
+- `Query`: what a stage may ask of the query -- its global `vector` (of the query crop, as the benchmarks'
+  protocol describes queries) and `box_descriptor` (the query box pooled on the whole query image's map like the
+  stored regions, Salvador et al.'s CA-SR query), each computed on first use;
+- `Ranking`: database positions (indices into `Database.rows`) best first, their scores, and where known the
+  box (x0, y0, x1, y1, original pixels) of the object in each.
+
+A filter ranks the database (`filter(db, query, k) -> Ranking`); a re-ranker re-scores the head of a ranking
+(`rerank(db, query, ranking) -> Ranking`) and may `localise` any ranking's images; an expansion builds a new
+query from the top of a ranking and searches again (`expansion(db, query, ranking, k) -> Ranking`).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
 
-from .expansion import alpha_query_expansion, average_query_expansion
-
-# A re-ranker takes (queries (Q, D), candidate rows (Q, K), scores (Q, K)) and returns re-ordered (rows, scores).
-Reranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+from .registry import EXPANSIONS, FILTERS, RERANKERS
 
 
 @dataclass
 class Hit:
-    """One ranked result. `box` is where the object is in the image, (x0, y0, x1, y1) original pixels;
-    a global-descriptor preset does not localise, so its hits carry the whole image."""
+    """One ranked result. `box` is where the object is in the image, (x0, y0, x1, y1) original pixels; a
+    preset that does not localise (global descriptors only) gives the whole image."""
     rank: int
     score: float
     row: int
@@ -25,6 +38,118 @@ class Hit:
     name: str
     path: str
     box: tuple[float, float, float, float]
+
+
+@dataclass
+class Ranking:
+    """positions (K,) int64 into `Database.rows`, best first; scores (K,) float32; boxes (K, 4) float32 or None."""
+    positions: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def head(self, n: int) -> "Ranking":
+        return Ranking(self.positions[:n], self.scores[:n], None if self.boxes is None else self.boxes[:n])
+
+
+@dataclass
+class RegionTable:
+    """Every database image's regions: for position i, items starts[i] .. starts[i] + counts[i] of `boxes`
+    (T, 4) float32 original pixels and `descriptors` (T, Dr) float32 (memory maps of the index's columns)."""
+    starts: np.ndarray
+    counts: np.ndarray
+    boxes: np.ndarray
+    descriptors: np.ndarray
+
+    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids (M,), owner index into `positions` (M,)) of the regions of `positions`, grouped by owner."""
+        positions = np.asarray(positions, dtype=np.int64)
+        counts = self.counts[positions]
+        owner = np.repeat(np.arange(len(positions)), counts)
+        first = np.repeat(self.starts[positions] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return first + np.arange(int(counts.sum())), owner
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.boxes.nbytes + self.descriptors.nbytes)
+
+
+@dataclass
+class Database:
+    """What search stages read: the live images' store `rows` (N,) ascending, their global `vectors` (N, D)
+    float32, and their `regions` (a `RegionTable`, or None when the preset stores no regions)."""
+    rows: np.ndarray
+    vectors: np.ndarray
+    regions: RegionTable | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def from_index(cls, index) -> "Database":
+        """One consistent snapshot of an `instar.Index` (only live images)."""
+        from .index import BOXES, GLOBAL, REGIONS
+        snap = index.snapshot()
+        live = snap.live_rows()
+        if snap.n_rows == 0:
+            return cls(live, np.zeros((0, max(index.dim, 1)), np.float32))
+        vectors = snap.column(GLOBAL)
+        vectors = vectors if len(live) == snap.n_rows else np.asarray(vectors[live])
+        regions = None
+        if REGIONS in snap.columns:
+            starts, counts = snap.spans(REGIONS, live)
+            regions = RegionTable(starts, counts, snap.column(BOXES), snap.column(REGIONS))
+        return cls(live, vectors, regions)
+
+    def require_regions(self, who: str) -> RegionTable:
+        if self.regions is None:
+            raise ValueError(f"{who} needs region descriptors, but this index stores none "
+                             "(its preset has region_pooling.method = 'none')")
+        return self.regions
+
+
+class Query:
+    """A query for the search stages; each representation is computed on first use.
+
+    From an image file (optionally a `box` on it, original pixels), or from a ready (D,) `vector`.
+    """
+
+    def __init__(self, extractor=None, image: Path | str | None = None, box: Sequence[float] | None = None,
+                 vector: np.ndarray | None = None):
+        self.extractor, self.image, self.box = extractor, image, box
+        if vector is not None:
+            self.__dict__["vector"] = np.asarray(vector, dtype=np.float32)
+
+    @cached_property
+    def vector(self) -> np.ndarray:
+        """(D,) float32: the global descriptor of the query crop."""
+        return self.extractor.describe(self.image, self.box)
+
+    @cached_property
+    def box_descriptor(self) -> np.ndarray:
+        """(Dr,) float32: the query box (whole image if none) pooled on the whole query image's map like the
+        stored regions (Salvador et al. sec. 3.3, CA-SR's query)."""
+        if self.image is None:
+            raise ValueError("a region descriptor of the query needs the query image, not only a ready descriptor")
+        from .images import check_box, load_image
+        full = self.extractor.load(self.image)
+        if self.box is None:
+            box = (0.0, 0.0, float(full.width), float(full.height))
+        else:
+            original = load_image(self.image)
+            x0, y0, x1, y1 = check_box(self.box, original.width, original.height, source=f"{self.image}: box")
+            sx, sy = full.width / original.width, full.height / original.height
+            box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        return self.extractor.describe_box(full, box)
+
+    def with_vector(self, vector: np.ndarray) -> "Query":
+        """The same query with another global vector (query expansion), keeping its other representations."""
+        q = Query(self.extractor, self.image, self.box, vector)
+        if "box_descriptor" in self.__dict__:
+            q.__dict__["box_descriptor"] = self.__dict__["box_descriptor"]
+        return q
 
 
 def knn(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,76 +163,90 @@ def knn(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     return scores, rows.astype(np.int64)
 
 
-def search_vectors(vectors: np.ndarray, queries: np.ndarray, k: int, *, expansion: str = "none", qe_top: int = 10,
-                   alpha: float = 3.0, rerank: Reranker | None = None, rerank_top: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """The whole search pipeline on descriptors: returns scores (Q, k') and database rows (Q, k'), best first.
+class SearchPipeline:
+    """The preset's filter, re-ranker and expansion, composed: `pipeline(db, query, k) -> Ranking`."""
 
-    filter: k-NN over all vectors; re-rank: `rerank` re-orders the top `rerank_top` (no re-ranker: unchanged);
-    expansion: 'aqe' / 'alpha-qe' build a new query from the top `qe_top` and search again.
-    """
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    if expansion not in ("none", "aqe", "alpha-qe"):
-        raise ValueError(f"unknown query expansion {expansion!r} (none, aqe, alpha-qe)")
-    first_k = max(k, qe_top if expansion != "none" else 0, rerank_top if rerank is not None else 0)
-    scores, rows = knn(vectors, queries, first_k)
-    if rerank is not None:
-        top = min(rerank_top, rows.shape[1])
-        rr_rows, rr_scores = rerank(queries, rows[:, :top], scores[:, :top])
-        rows = np.concatenate([rr_rows, rows[:, top:]], axis=1)
-        scores = np.concatenate([rr_scores, scores[:, top:]], axis=1)
-    if expansion != "none" and qe_top > 0 and rows.shape[1] > 0:
-        m = min(qe_top, rows.shape[1])
-        neighbours = np.asarray(vectors[rows[:, :m].reshape(-1)], dtype=np.float32).reshape(len(queries), m, -1)
-        if expansion == "aqe":
-            expanded = average_query_expansion(queries, neighbours)
-        else:
-            expanded = alpha_query_expansion(queries, neighbours, scores[:, :m], alpha)
-        scores, rows = knn(vectors, expanded, k)
-    return scores[:, :k], rows[:, :k]
+    def __init__(self, preset, overrides: dict | None = None):
+        if overrides:
+            preset = preset.with_overrides(overrides)
+        self.preset = preset
+        self.filter = FILTERS.build_section(preset["filter"])
+        self.rerank = RERANKERS.build_section(preset["rerank"])
+        self.expansion = EXPANSIONS.build_section(preset["expansion"])
+
+    def __call__(self, db: Database, query: Query, k: int, *, localise: int | None = None) -> Ranking:
+        """The top `k` of `db` for `query`; boxes for the first `localise` (default all k) where the stages localise."""
+        depth = max(k, getattr(self.rerank, "top", 0), getattr(self.expansion, "top", 0))
+        ranking = self.filter(db, query, depth)
+        ranking = self.rerank(db, query, ranking)
+        expanded = self.expansion(db, query, ranking, self.filter, depth)
+        if expanded is not ranking:
+            ranking = expanded
+        ranking = ranking.head(k)
+        n = len(ranking) if localise is None else min(localise, len(ranking))
+        if n and ranking.boxes is None and hasattr(self.rerank, "localise"):
+            boxes = np.full((len(ranking), 4), np.nan, np.float32)
+            boxes[:n] = self.rerank.localise(db, query, ranking.positions[:n])
+            ranking = replace(ranking, boxes=boxes)
+        return ranking
 
 
 def search(index, query: Path | str | np.ndarray, *, box: Sequence[float] | None = None, k: int | None = None,
-           expansion: str | None = None, qe_top: int | None = None, alpha: float | None = None) -> list[Hit]:
+           expansion: str | None = None, overrides: dict | None = None) -> list[Hit]:
     """Search an `instar.Index` with an image file (optionally a box on it) or a ready (D,) descriptor.
 
-    Options left as None take the index's preset `[search]` values. Only live (not removed) images are
-    searched, in one consistent snapshot of the index. A query with no usable content (an image too small,
-    blank or featureless for its descriptor to be non-zero) is refused with an `ImageLoadError`.
+    Stages and k come from the index's preset; `overrides` changes search-time values ('filter.*', 'rerank.*',
+    'expansion.*', 'search.k'); `expansion` is a shorthand for 'expansion.method'. Only live (not removed)
+    images are searched, in one consistent snapshot. A query with no usable content (too small, blank or
+    featureless for its descriptor to be non-zero) is refused with an `ImageLoadError`.
     """
     from .images import ImageLoadError
-    from .index import GLOBAL, descriptor_problem
+    from .index import descriptor_problem
 
-    cfg = index.preset["search"]
-    k = cfg["k"] if k is None else k
+    overrides = dict(overrides or {})
+    if expansion is not None:
+        overrides["expansion.method"] = expansion
+    bad = [key for key in overrides if key.partition(".")[0] not in SEARCH_SECTIONS]
+    if bad:
+        raise ValueError(f"{bad[0]}: only search-time settings can change at search time "
+                         f"({', '.join(s + '.*' for s in SEARCH_SECTIONS)})")
+    pipeline = SearchPipeline(index.preset, overrides)
+    k = pipeline.preset["search"]["k"] if k is None else k
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise ValueError(f"k={k}: the number of hits must be a whole number of at least 1")
-    k = int(k)
     if isinstance(query, np.ndarray):
         if box is not None:
             raise ValueError("a box applies to a query image, not to a ready descriptor")
-        q = query.astype(np.float32)
-        problem = descriptor_problem(q)
+        q = Query(vector=query)
+        problem = descriptor_problem(q.vector)
         if problem:
             raise ValueError(f"query descriptor: {problem}")
     else:
-        q = index.extractor.describe(query, box)
-        problem = descriptor_problem(q)
+        q = Query(index.extractor, query, box)
+        problem = descriptor_problem(q.vector)
         if problem:
             where = "" if box is None else f"box {','.join(f'{float(v):g}' for v in box)}: "
             raise ImageLoadError(query, where + problem)
-    snap = index.snapshot()
-    live = snap.live_rows()
-    if len(live) == 0:
+    db = Database.from_index(index)
+    if len(db) == 0:
         return []
-    vectors = snap.column(GLOBAL)
-    if q.shape != vectors.shape[1:]:
-        raise ValueError(f"query descriptor of shape {q.shape}, the index holds dimension {vectors.shape[1]}")
-    database = vectors if len(live) == snap.n_rows else np.asarray(vectors[live])
-    scores, positions = search_vectors(database, q[None, :], k, expansion=expansion or cfg["expansion"],
-                                       qe_top=cfg["qe_top"] if qe_top is None else qe_top,
-                                       alpha=cfg["alpha"] if alpha is None else alpha)
-    rows = live[positions[0]]
+    if q.vector.shape != db.vectors.shape[1:]:
+        raise ValueError(f"query descriptor of shape {q.vector.shape}, the index holds dimension {db.vectors.shape[1]}")
+    ranking = pipeline(db, q, int(k))
+    return hits_of(index, db, ranking)
+
+
+def hits_of(index, db: Database, ranking: Ranking) -> list[Hit]:
+    """`Hit`s for a ranking: records from the index, boxes from the ranking (whole image where none)."""
+    rows = db.rows[ranking.positions]
     records = index.records(rows.tolist())
-    return [Hit(rank=i + 1, score=float(s), row=r.row, id=r.id, name=r.name, path=r.path,
-                box=(0.0, 0.0, float(r.width), float(r.height)))
-            for i, (s, r) in enumerate(zip(scores[0], records))]
+    hits = []
+    for i, (s, r) in enumerate(zip(ranking.scores, records)):
+        box = (0.0, 0.0, float(r.width), float(r.height))
+        if ranking.boxes is not None and np.all(np.isfinite(ranking.boxes[i])):
+            box = tuple(float(v) for v in ranking.boxes[i])
+        hits.append(Hit(rank=i + 1, score=float(s), row=r.row, id=r.id, name=r.name, path=r.path, box=box))
+    return hits
+
+
+SEARCH_SECTIONS = ("search", "filter", "rerank", "expansion")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
+from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
-from .registry import FEATURES, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
+from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
+                       TRAIN, TRUNKS, WHITENINGS, Registry)
 
 SECTIONS: dict[str, Registry] = {
     "image": IMAGE,
@@ -17,6 +18,9 @@ SECTIONS: dict[str, Registry] = {
     "region_pooling": REGION_POOLINGS,
     "train": TRAIN,
     "search": SEARCH,
+    "filter": FILTERS,
+    "rerank": RERANKERS,
+    "expansion": EXPANSIONS,
 }
 
 
@@ -28,12 +32,12 @@ class TrainingSet:
         self.max_images = max_images
 
 
-@SEARCH.register("search", choices={"rerank": ("none",), "expansion": ("none", "aqe", "alpha-qe")})
+@SEARCH.register("search")
 class SearchOptions:
-    """Filter k-NN depth, re-ranker, and query expansion (average QE, or alpha-QE with exponent `alpha`) over `qe_top`."""
+    """How many hits a search returns by default (`k`)."""
 
-    def __init__(self, *, k: int = 100, rerank: str = "none", expansion: str = "none", qe_top: int = 10, alpha: float = 3.0):
-        self.k, self.rerank, self.expansion, self.qe_top, self.alpha = k, rerank, expansion, qe_top, alpha
+    def __init__(self, *, k: int = 100):
+        self.k = k
 
 
 def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
@@ -49,6 +53,12 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
     if region_pool.stores_regions and region_pool.input_kind != features.kind:
         return (f"region_pooling.method {region_pool.name!r} does not fit features.type {features.name!r} "
                 f"({region_pool.name} pools {region_pool.input_kind}, {features.name} gives {features.kind})")
+    stores = region_pool.stores_regions
+    for section, registry in (("filter", FILTERS), ("rerank", RERANKERS)):
+        entry = registry.entry(sections[section]["method"])
+        if getattr(entry, "needs_regions", False) and not stores:
+            return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
+                    "(e.g. 'max') so that the index stores region descriptors")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers

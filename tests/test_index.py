@@ -5,7 +5,6 @@ import pytest
 
 from instar import Index, list_images, search
 from instar.index import IndexError_
-from instar.search import search_vectors
 
 
 def make_index(tmp_path, preset, photos, name="a.index"):
@@ -209,29 +208,3 @@ def test_concurrent_add_is_refused(tmp_path, photos, fast_preset):
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(IndexError_, match="another process"):
             idx.add(list_images(photos))
-
-
-def test_query_expansion_math():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[:2] + 0.1
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    s0, r0 = search_vectors(x, q, 5)
-    s_exact = q @ x.T
-    assert np.array_equal(r0, np.argsort(-s_exact, axis=1)[:, :5])
-    _, r_aqe = search_vectors(x, q, 5, expansion="aqe", qe_top=3)
-    q_aqe = q + x[r0[:, :3]].sum(axis=1)
-    assert np.array_equal(r_aqe, np.argsort(-(q_aqe @ x.T), axis=1)[:, :5])
-    _, r_a = search_vectors(x, q, 5, expansion="alpha-qe", qe_top=3, alpha=3.0)
-    w = np.maximum(s0[:, :3], 0) ** 3
-    q_a = q + (w[..., None] * x[r0[:, :3]]).sum(axis=1)
-    assert np.array_equal(r_a, np.argsort(-(q_a @ x.T), axis=1)[:, :5])
-
-
-def test_rerank_slot_reorders_candidates():
-    x = np.eye(4, dtype=np.float32)
-    q = np.array([[1.0, 0.5, 0.2, 0.0]], np.float32)
-    reverse = lambda qs, rows, scores: (rows[:, ::-1], scores[:, ::-1])
-    _, rows = search_vectors(x, q, 4, rerank=reverse, rerank_top=3)
-    assert rows.tolist() == [[2, 1, 0, 3]]

@@ -14,8 +14,11 @@ from ..extractor import Progress, _no_progress
 from ..images import list_images
 from ..index import Index, IndexError_
 from ..presets import Preset, load_preset
-from ..search import search_vectors
+from ..search import Database, Query, SearchPipeline
 from .datasets import Dataset, Report, load_dataset
+
+# Localisation is measured over the correct hits among the first LOCALISE_TOP of each query's ranking.
+LOCALISE_TOP = 10
 
 
 @dataclass
@@ -30,11 +33,48 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     ranks: np.ndarray | None = None   # (Q, N') database indices, best first (unreadable images left out)
     notes: list[str] = field(default_factory=list)
+    search: str = ""                  # the search stages used, e.g. "filter knn, rerank ca-sr(top=100), expansion aqe(top=5)"
+    localisation: dict | None = None  # {'mean_iou', 'iou50', 'hits'} over correct top-10 hits with a known box
 
     def table(self) -> str:
-        head = (f"{self.dataset} | preset {self.preset.name} | query expansion {self.expansion} | "
+        head = (f"{self.dataset} | preset {self.preset.name} | {self.search} | "
                 f"learned stages trained on {self.trained_on}")
-        return "\n".join([head, *self.notes, self.report.table()])
+        lines = [head, *self.notes, self.report.table()]
+        if self.localisation is not None:
+            loc = self.localisation
+            lines.append(f"localisation (correct hits in the top {LOCALISE_TOP} with a known box: {loc['hits']}): "
+                         f"mean IoU {100 * loc['mean_iou']:.2f}, IoU >= 0.5 {100 * loc['iou50']:.2f}%")
+        return "\n".join(lines)
+
+    @property
+    def metrics(self) -> dict:
+        """The report's metrics plus, when measured, `localisation` (fractions)."""
+        out = dict(self.report.metrics)
+        if self.localisation is not None:
+            out["localisation"] = {k: self.localisation[k] for k in ("mean_iou", "iou50", "hits")}
+        return out
+
+
+def describe_search(preset: Preset) -> str:
+    """The search stages of a preset in one line, e.g. 'filter knn, rerank ca-sr(top=100), expansion aqe(top=5)'."""
+    parts = []
+    for section in ("filter", "rerank", "expansion"):
+        values = dict(preset[section])
+        method = values.pop("method")
+        args = ", ".join(f"{k}={v}" for k, v in values.items())
+        parts.append(f"{section} {method}" + (f"({args})" if args and method != "none" else ""))
+    return ", ".join(parts)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (n, 4) and (n, 4) [x0, y0, x1, y1] -> (n,)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vlad", *, data: Path | str | None = None,
@@ -67,7 +107,7 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
         t0 = time.perf_counter()
         if index_path.exists():
             index = Index.open(index_path, weights_mirror=weights_mirror)
-            if index.preset.to_toml() != p.to_toml():
+            if index.preset.extraction_toml() != p.extraction_toml():
                 index.close()
                 raise IndexError_(f"{index_path}: holds another configuration of preset {p.name!r}; "
                                   "use another --workdir or remove it")
@@ -90,21 +130,39 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
                 first = next(pth for pth in resolved if pth not in row_of_path)
                 notes.append(f"WARNING: {len(resolved) - len(present)} of {len(resolved)} database images could not be read "
                              f"and are ranked nowhere (first: {first}: {failed.get(first, 'not indexed')})")
-            db_rows = np.array([row_of_path[resolved[i]] for i in present], dtype=np.int64)
-            stored = index.vectors  # every committed row, removed ones included: keep only the database's rows
-            in_order = stored.shape[0] == len(db_rows) and np.array_equal(db_rows, np.arange(len(db_rows)))
-            vectors = stored if in_order else np.asarray(stored)[db_rows]
+            db = Database.from_index(index)
+            index_of_row = {row_of_path[resolved[i]]: int(i) for i in present}
+            db_index = np.array([index_of_row.get(int(r), -1) for r in db.rows], dtype=np.int64)
+            sizes = {r.row: (r.width, r.height) for r in index.records()}
+            pipeline = SearchPipeline(p, {"expansion.method": expansion} if expansion else None)
+            gt_boxes = getattr(ds, "positive_boxes", None)
+            ious: list[float] = []
+            rankings = []
             t0 = time.perf_counter()
-            queries = np.stack([index.extractor.describe(q.image, q.box) for q in progress(ds.queries, desc="queries")])
-            timings["queries"] = time.perf_counter() - t0
-            cfg = index.preset["search"]
-            exp = expansion or cfg["expansion"]
-            t0 = time.perf_counter()
-            _, rows = search_vectors(vectors, queries, len(db_rows), expansion=exp, qe_top=cfg["qe_top"], alpha=cfg["alpha"])
-            timings["search"] = time.perf_counter() - t0
-            ranks = present[rows]
+            for qi, q in enumerate(progress(ds.queries, desc="queries")):
+                ranking = pipeline(db, Query(index.extractor, q.image, q.box), len(db), localise=LOCALISE_TOP)
+                keep = db_index[ranking.positions] >= 0
+                rankings.append(db_index[ranking.positions][keep])
+                if gt_boxes is not None and gt_boxes[qi]:
+                    for j in range(min(LOCALISE_TOP, len(ranking))):
+                        di = int(db_index[ranking.positions[j]])
+                        if di in gt_boxes[qi]:
+                            box = None if ranking.boxes is None else ranking.boxes[j]
+                            if box is None or not np.all(np.isfinite(box)):
+                                w, h = sizes[int(db.rows[ranking.positions[j]])]
+                                box = np.array([0, 0, w, h], np.float32)
+                            ious.append(float(box_iou(box, np.asarray(gt_boxes[qi][di]))[0]))
+            timings["queries+search"] = time.perf_counter() - t0
+            ranks = np.stack(rankings) if rankings else np.zeros((0, len(present)), np.int64)
+            exp = pipeline.preset["expansion"]["method"]
+            localisation = None
+            if gt_boxes is not None:
+                arr = np.asarray(ious, dtype=np.float64)
+                localisation = {"mean_iou": float(arr.mean()) if len(arr) else float("nan"),
+                                "iou50": float((arr >= 0.5).mean()) if len(arr) else float("nan"), "hits": len(arr)}
         return Evaluation(report=ds.evaluate(ranks), preset=p, dataset=ds.name, index_path=str(index_path),
-                          trained_on=trained_on, expansion=exp, seconds=timings, ranks=ranks, notes=notes)
+                          trained_on=trained_on, expansion=exp, seconds=timings, ranks=ranks, notes=notes,
+                          search=describe_search(pipeline.preset), localisation=localisation)
     finally:
         if tmp is not None:
             tmp.cleanup()

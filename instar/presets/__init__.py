@@ -43,6 +43,13 @@ class Preset:
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
 
+    def extraction_toml(self) -> str:
+        """The TOML of what an index stores (every section but the search-time ones: search, filter, rerank,
+        expansion), so that an index can be searched with other search settings than it was built with."""
+        from ..search import SEARCH_SECTIONS
+        kept = {k: v for k, v in self.sections.items() if k not in SEARCH_SECTIONS}
+        return Preset(self.name, self.description, self.reference, kept).to_toml()
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """A copy with 'section.key' values replaced (validated like the file's own).
 

@@ -1,0 +1,57 @@
+"""Re-rank stage: re-score the head of the filter's ranking, and say where the object is in each image.
+
+Entries of `RERANKERS` (a preset's `rerank.method`): `none`, and `ca-sr`, Salvador et al.'s class-agnostic
+spatial re-ranking (sec. 3.3): each of the top N images is scored by the best cosine similarity between the
+query box's region descriptor and the image's stored region descriptors, and that region is the hit's box.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .filter import _reduce
+from .registry import RERANKERS
+from .search import Database, Query, Ranking
+
+
+@RERANKERS.register("none")
+class NoRerank:
+    """Keep the filter's order."""
+    top = 0
+
+    def __call__(self, db: Database, query: Query, ranking: Ranking) -> Ranking:
+        return ranking
+
+
+def best_regions(db: Database, query: Query, positions: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `positions`: the max cosine between the query box descriptor and its regions, and that
+    region's box (original pixels). (n,) float32, (n, 4) float32 (NaN where an image has no region)."""
+    table = db.require_regions(who)
+    items, _ = table.items(positions)
+    sims = np.asarray(table.descriptors[items] @ query.box_descriptor, dtype=np.float32)
+    scores, best = _reduce(sims, table.counts[positions], "max")
+    boxes = np.full((len(positions), 4), np.nan, np.float32)
+    ok = best >= 0
+    boxes[ok] = table.boxes[items[best[ok]]]
+    return scores, boxes
+
+
+@RERANKERS.register("ca-sr")
+class CASR:
+    """CA-SR: the top N re-scored by their best region's cosine with the query box (Salvador et al. sec. 3.3)."""
+    needs_regions = True
+
+    def __init__(self, *, top: int = 100):
+        self.top = top
+
+    def __call__(self, db: Database, query: Query, ranking: Ranking) -> Ranking:
+        n = min(self.top, len(ranking))
+        scores, boxes = best_regions(db, query, ranking.positions[:n], "rerank.method = 'ca-sr'")
+        order = np.argsort(-scores, kind="stable")
+        tail = len(ranking) - n
+        all_boxes = np.concatenate([boxes[order], np.full((tail, 4), np.nan, np.float32)])
+        return Ranking(np.concatenate([ranking.positions[:n][order], ranking.positions[n:]]),
+                       np.concatenate([scores[order], ranking.scores[n:]]), all_boxes)
+
+    def localise(self, db: Database, query: Query, positions: np.ndarray) -> np.ndarray:
+        """The box of the best-matching region in each image, (n, 4) float32."""
+        return best_regions(db, query, positions, "rerank.method = 'ca-sr'")[1]
