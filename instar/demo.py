@@ -270,7 +270,9 @@ def _paste(
     out = warped.astype(np.float32) * mask + bg.astype(np.float32) * (1.0 - mask)
     out = np.clip(out + rng.normal(0, 1.5, size=out.shape) + 0.5, 0, 255).astype(np.uint8)
     out = _jpeg_roundtrip(out, int(rng.integers(65, 86)))
-    return out, float(mask.mean())
+    box = (max(0.0, float(dst[:, 0].min())), max(0.0, float(dst[:, 1].min())),
+           min(float(rw), float(dst[:, 0].max())), min(float(rh), float(dst[:, 1].max())))
+    return out, box
 
 
 def _recrop(
@@ -289,9 +291,11 @@ def _recrop(
     else:  # the box is almost the whole photo: zoom into it instead
         cx0, cy0, cx1, cy1 = x0 + bw // 12, y0 + bh // 12, x1 - bw // 12, y1 - bh // 12
     crop = photo[cy0:cy1, cx0:cx1]
-    crop, _ = _fit(crop, max_size, upscale=True)
+    crop, s = _fit(crop, max_size, upscale=True)
+    ch, cw = crop.shape[:2]
     crop = _colour_jitter(crop, rng, 0.6)
-    return _jpeg_roundtrip(crop, int(rng.integers(70, 91)))
+    box = (max(0.0, (x0 - cx0) * s), max(0.0, (y0 - cy0) * s), min(float(cw), (x1 - cx0) * s), min(float(ch), (y1 - cy0) * s))
+    return _jpeg_roundtrip(crop, int(rng.integers(70, 91))), box
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +420,7 @@ def build_demo(out: Path, seed: int = 0, max_size: int = 512) -> Path:
         ]
 
         positives: list[str] = []
+        boxes: dict[str, list[float]] = {}  # where the object is in each positive (the stereo view: unknown)
         crop = photo[y0:y1, x0:x1]
         used: set[str] = set()
         for _ in range(_N_PASTES):
@@ -424,16 +429,19 @@ def build_demo(out: Path, seed: int = 0, max_size: int = 512) -> Path:
             bg = bg_cycle[bg_pos % len(bg_cycle)]
             bg_pos += 1
             used.add(bg)
-            img, _cov = _paste(crop, q, photos.get(bg, _BACKGROUNDS[bg]), rng, max_size)
+            img, where = _paste(crop, q, photos.get(bg, _BACKGROUNDS[bg]), rng, max_size)
             positives.append(save(img, f"images/{obj.name}_paste_{bg}.jpg")[len("images/") :])
-        img = _recrop(photo, obj.box, rng, max_size)
+            boxes[positives[-1]] = [round(v, 1) for v in where]
+        img, where = _recrop(photo, obj.box, rng, max_size)
         positives.append(save(img, f"images/{obj.name}_recrop.jpg")[len("images/") :])
+        boxes[positives[-1]] = [round(v, 1) for v in where]
         for name, stem, load in _EXTRA_VIEWS:
             if name == obj.name:
                 view = _colour_jitter(_fit(photos.get(stem, load), max_size)[0], rng, 0.4)
                 positives.append(save(view, f"images/{stem}.jpg")[len("images/") :])
         queries.append(
-            {"name": obj.name, "image": f"queries/{obj.name}.jpg", "box": box, "positives": positives, "junk": []}
+            {"name": obj.name, "image": f"queries/{obj.name}.jpg", "box": box, "positives": positives, "junk": [],
+             "boxes": boxes}
         )
 
     # Distractors 1: background photos, cropped / flipped.
@@ -457,7 +465,7 @@ def build_demo(out: Path, seed: int = 0, max_size: int = 512) -> Path:
         _, q = _fit(photo, max_size)
         rx0, ry0, rx1, ry1 = obj.rest
         bg = bg_names[int(rng.integers(0, len(bg_names)))]
-        img, _cov = _paste(photo[ry0:ry1, rx0:rx1], q, photos.get(bg, _BACKGROUNDS[bg]), rng, max_size)
+        img, _ = _paste(photo[ry0:ry1, rx0:rx1], q, photos.get(bg, _BACKGROUNDS[bg]), rng, max_size)
         save(img, f"images/distractor_{obj.name}_rest_on_{bg}.jpg")
 
     # Training set: crops of photos that show no query object.

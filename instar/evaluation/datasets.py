@@ -163,6 +163,8 @@ class Dataset:
     ground_truth: list[dict] = field(default_factory=list, repr=False)
     groups: np.ndarray | None = field(default=None, repr=False)
     kappas: tuple[int, ...] = DEFAULT_KAPPAS
+    # where the query's object is in its positives, when the dataset knows it: per query {db index: box}
+    positive_boxes: list[dict[int, Box]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.ground_truth and len(self.ground_truth) != len(self.queries):
@@ -519,15 +521,17 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
 
         {"database": "images",
          "queries": [{"name": "astronaut", "image": "queries/astronaut.jpg", "box": [10, 20, 200, 240],
-                      "positives": ["astronaut_1.jpg", "sub/x.jpg"], "junk": []}]}
+                      "positives": ["astronaut_1.jpg", "sub/x.jpg"], "junk": [],
+                      "boxes": {"astronaut_1.jpg": [40, 10, 300, 280]}}]}
 
     ``database``: folder relative to `root`; every image below it (recursively) is the
     database, named by its path relative to that folder with forward slashes. Query
     ``image`` is relative to `root`; ``box`` (x0, y0, x1, y1 pixels) is optional/null;
     ``name`` defaults to the image's stem; ``positives`` and ``junk`` are database names.
     If the query image itself lies in the database it gets ``db_index`` and, unless listed
-    as a positive, is ignored in its own ranking (treated as junk). Metric: mAP and mP@k
-    under a single protocol ``all``.
+    as a positive, is ignored in its own ranking (treated as junk). ``boxes`` (optional) says
+    where the query's object is in some positives (x0, y0, x1, y1 pixels of that image): the
+    evaluator then measures localisation. Metric: mAP and mP@k under a single protocol ``all``.
     """
     root = _require_dir(root, "dataset folder")
     spec_path = root / "queries.json"
@@ -551,7 +555,7 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
     names = [p.relative_to(db_dir).as_posix() for p in files]
     index = {n: i for i, n in enumerate(names)}
     resolved = {p.resolve(): i for i, p in enumerate(files)}
-    queries, ground_truth, seen = [], [], set()
+    queries, ground_truth, seen, known_boxes = [], [], set(), []
     for qi, q in enumerate(spec["queries"]):
         src = f"{spec_path}: queries[{qi}]"
         if not isinstance(q, dict) or not isinstance(q.get("image"), str):
@@ -578,6 +582,13 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
         junk = list(lists["junk"])
         if db_index is not None and db_index not in lists["positives"] and db_index not in junk:
             junk.append(db_index)
+        where = q.get("boxes") or {}
+        if not isinstance(where, dict):
+            raise DatasetError(f"{src}: 'boxes' must map positive names to [x0, y0, x1, y1]")
+        for v in where:
+            if v not in index or index[v] not in lists["positives"]:
+                raise DatasetError(f"{src}: boxes entry {v!r} is not one of the query's positives")
+        known_boxes.append({index[v]: _box(b, f"{src}: boxes[{v!r}]") for v, b in where.items()})
         queries.append(Query(name=qname, image=img, box=box, db_index=db_index))
         ground_truth.append({"ok": np.array(lists["positives"], dtype=np.int64), "junk": np.array(junk, dtype=np.int64)})
     if not queries:
@@ -589,6 +600,7 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
         database=files,
         queries=queries,
         ground_truth=ground_truth,
+        positive_boxes=known_boxes if any(known_boxes) else None,
     )
 
 
