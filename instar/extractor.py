@@ -12,7 +12,7 @@ with an index.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[Iterable], Iterable]
 
-# sections whose stage objects the extractor runs, in pipeline order (the rest configure search)
-EXTRACTION = ("image", "features", "regions", "pooling", "whitening")
-LEARNED = ("pooling", "whitening")
+# sections that are not extraction stages: search-time stages and the training-set options
+NOT_EXTRACTION = ("train", "search", "filter", "rerank", "expansion")
 
 
 def _no_progress(it: Iterable, **_: object) -> Iterable:
@@ -45,30 +44,46 @@ class Description:
     size: tuple[int, int]
     boxes: np.ndarray | None = None
     regions: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # data of the columns later stages contribute
 
 
 class Extractor:
-    """Image -> (D,) float32 L2-normalised descriptor, as the preset prescribes."""
+    """Image -> (D,) float32 L2-normalised descriptor (and, per preset, regions and more), as the preset prescribes.
+
+    Every extraction section of the preset becomes a stage object, kept in `stages` (pipeline order) and as an
+    attribute of its section's name (`extractor.pooling`, `extractor.whitening`, ...). Stage protocol, beyond
+    the call each section's stages share:
+
+    - `learns` (bool) / `fitted`: learned from training images; `state()` / `load_state(arrays)` round-trip it.
+      Pooling and whitening are fitted here in that order; any later learned stage implements
+      `fit_extractor(extractor, images, rng, progress)` and is fitted after them, in pipeline order.
+    - `columns()` -> [store.Column]: per-image data the stage adds to an index, produced by
+      `encode(extractor, views, regions_of, description) -> {column: array}` in `describe_full`.
+    """
 
     def __init__(self, preset: Preset, *, weights_mirror: str | None = None):
         self.preset = preset
         self.weights_mirror = weights_mirror
-        self.image = SECTIONS["image"].build_section(preset["image"])
-        self.features = SECTIONS["features"].build_section(preset["features"])
+        self.stages = {section: registry.build_section(preset[section])
+                       for section, registry in SECTIONS.items() if section not in NOT_EXTRACTION}
+        for section, stage in self.stages.items():
+            setattr(self, section, stage)
         if hasattr(self.features, "weights_mirror"):
             self.features.weights_mirror = weights_mirror
-        self.regions = SECTIONS["regions"].build_section(preset["regions"])
-        self.pooling = SECTIONS["pooling"].build_section(preset["pooling"])
-        self.whitening = SECTIONS["whitening"].build_section(preset["whitening"])
-        self.region_pooling = SECTIONS["region_pooling"].build_section(preset["region_pooling"])
 
     # --- configuration -------------------------------------------------------------------------
     @property
-    def is_fitted(self) -> bool:
-        return all(getattr(self._stage(s), "fitted", True) for s in LEARNED)
+    def learned(self) -> dict[str, object]:
+        """The stages learned from training images, by section, in pipeline order."""
+        return {name: st for name, st in self.stages.items() if getattr(st, "learns", False)}
 
-    def _stage(self, section: str):
-        return getattr(self, section)
+    @property
+    def is_fitted(self) -> bool:
+        return all(getattr(st, "fitted", True) for st in self.learned.values())
+
+    def columns(self) -> list:
+        """Per-image data an index of this extractor stores, beyond the global vector and the regions."""
+        return [c for st in self.stages.values() if hasattr(st, "columns") for c in st.columns()]
 
     @property
     def model(self):
@@ -132,6 +147,9 @@ class Extractor:
             regions = regions_of(views[0])
             out.boxes = regions.pixels.astype(np.float32)
             out.regions = self.region_pooling(views, regions)
+        for st in self.stages.values():
+            if hasattr(st, "encode"):
+                out.extra.update(st.encode(self, views, regions_of, out))
         return out
 
     def describe_box(self, image, box: Sequence[float]) -> np.ndarray:
@@ -175,21 +193,22 @@ class Extractor:
                 regions_of = self.regions_of(im, views) if self.features.kind == "maps" else None
                 vectors.append(self.pooling.whitening_inputs(views, regions_of))
             self.whitening.fit(np.concatenate(vectors), rng)
+        for name, st in self.learned.items():
+            if name not in ("pooling", "whitening"):
+                st.fit_extractor(self, loaded, rng, progress)
         return self
 
     def state(self) -> dict[str, np.ndarray]:
         """Learned arrays, prefixed by section name, for storage with an index."""
         out: dict[str, np.ndarray] = {}
-        for section in LEARNED:
-            stage = self._stage(section)
-            if getattr(stage, "learns", False) and stage.fitted:
+        for section, stage in self.learned.items():
+            if stage.fitted:
                 out.update({f"{section}.{k}": v for k, v in stage.state().items()})
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> "Extractor":
-        for section in LEARNED:
+        for section, stage in self.learned.items():
             part = {k[len(section) + 1:]: v for k, v in state.items() if k.startswith(section + ".")}
-            stage = self._stage(section)
-            if part and hasattr(stage, "load_state"):
+            if part:
                 stage.load_state(part)
         return self

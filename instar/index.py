@@ -61,7 +61,7 @@ def columns_for(extractor: Extractor) -> tuple[Column, ...]:
     cols = [Column(GLOBAL, "float32", (None,))]
     if extractor.stores_regions:
         cols += [Column(BOXES, "float32", (4,), ragged=True), Column(REGIONS, "float32", (None,), ragged=True)]
-    return tuple(cols)
+    return tuple(cols + extractor.columns())
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -370,6 +370,7 @@ class Index:
             scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
             data[BOXES] = (d.boxes * scale).astype(np.float32)
             data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
+        data.update(d.extra)
         return image.width, image.height, data
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,

@@ -83,6 +83,7 @@ class Database:
     rows: np.ndarray
     vectors: np.ndarray
     regions: RegionTable | None = None
+    snapshot: object | None = None  # the index's store Snapshot, for stages that read other columns
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -101,7 +102,7 @@ class Database:
         if REGIONS in snap.columns:
             starts, counts = snap.spans(REGIONS, live)
             regions = RegionTable(starts, counts, snap.column(BOXES), snap.column(REGIONS))
-        return cls(live, vectors, regions)
+        return cls(live, vectors, regions, snap)
 
     def require_regions(self, who: str) -> RegionTable:
         if self.regions is None:

@@ -97,6 +97,8 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
         train_paths, trained_on = list_images(train), f"{train}"
     else:
         train_paths, trained_on = [Path(t) for t in train], f"{len(train)} given images"
+    if not p.needs_training:
+        trained_on = "nothing (no stage of this preset is learned)"
     timings: dict[str, float] = {}
     tmp = None
     if workdir is None:
