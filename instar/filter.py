@@ -58,8 +58,7 @@ class RegionalSearch:
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
         table = db.require_regions("filter.method = 'regional'")
-        items, owner = table.items(np.arange(len(db)))
-        sims = np.asarray(table.descriptors[items] @ query.box_descriptor, dtype=np.float32)
+        sims, items = table.similarities(np.arange(len(db)), query.box_descriptor)
         scores, best = _reduce(sims, table.counts, self.pooling)
         order = np.argsort(-scores, kind="stable")[:k]
         boxes = None

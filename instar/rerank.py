@@ -26,8 +26,7 @@ def best_regions(db: Database, query: Query, positions: np.ndarray, who: str) ->
     """For each of `positions`: the max cosine between the query box descriptor and its regions, and that
     region's box (original pixels). (n,) float32, (n, 4) float32 (NaN where an image has no region)."""
     table = db.require_regions(who)
-    items, _ = table.items(positions)
-    sims = np.asarray(table.descriptors[items] @ query.box_descriptor, dtype=np.float32)
+    sims, items = table.similarities(positions, query.box_descriptor)
     scores, best = _reduce(sims, table.counts[positions], "max")
     boxes = np.full((len(positions), 4), np.nan, np.float32)
     ok = best >= 0

@@ -63,13 +63,24 @@ class RegionTable:
     boxes: np.ndarray
     descriptors: np.ndarray
 
-    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(item ids (M,), owner index into `positions` (M,)) of the regions of `positions`, grouped by owner."""
+    def similarities(self, positions: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inner products of `q` (Dr,) with every region of `positions`, grouped by owner in order, and the
+        item ids: (M,) float32, (M,) int64. Reads each image's regions as one slice of the memory map (no gather
+        copy); a run of images stored back to back is read as one slice."""
         positions = np.asarray(positions, dtype=np.int64)
-        counts = self.counts[positions]
-        owner = np.repeat(np.arange(len(positions)), counts)
-        first = np.repeat(self.starts[positions] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        return first + np.arange(int(counts.sum())), owner
+        starts, counts = self.starts[positions], self.counts[positions]
+        ends = starts + counts
+        # split into runs where the next image's regions start where the previous ones end
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        sims, items = [], []
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(positions)]])):
+            if b > a:
+                lo, hi = int(starts[a]), int(ends[b - 1])
+                sims.append(np.asarray(self.descriptors[lo:hi] @ q, dtype=np.float32))
+                items.append(np.arange(lo, hi, dtype=np.int64))
+        if not sims:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return np.concatenate(sims), np.concatenate(items)
 
     @property
     def nbytes(self) -> int:
