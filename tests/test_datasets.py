@@ -102,6 +102,15 @@ def test_real_smvs_dvd_covers_names_images_in_sub_folders(shared_data, tmp_path)
         load_revisited(shared_data / "smvs-dvd-covers" / "gnd_smvs-dvd-covers.pkl", tmp_path / "jpg")
 
 
+def test_smvs_held_out_split_is_covers_051_to_100(shared_data):
+    ds = load_dataset("smvs-dvd-covers-test", data=shared_data / "smvs-dvd-covers")
+    assert len(ds.database) == 50 and len(ds.queries) == 200
+    assert {p.stem for p in ds.database} == {f"{i:03d}" for i in range(51, 101)}
+    assert all(p.parent.name == "Reference" for p in ds.database)
+    for q, g in zip(ds.queries, ds.ground_truth):
+        assert [ds.database[i].stem for i in g["ok"]] == [q.image.stem] and q.box is None
+
+
 def test_real_roxford5k_gnd_without_images(shared_data, tmp_path):
     gnd = shared_data / "revisitop-gnd" / "gnd_roxford5k.pkl"
     with pytest.raises(MissingImagesError) as e:

@@ -49,12 +49,19 @@ __all__ = [
     "load_ukbench",
     "load_holidays",
     "load_folder",
+    "load_smvs",
     "load_dataset",
 ]
 
 Box = tuple[float, float, float, float]
 
-KNOWN_DATASETS = ("roxford5k", "rparis6k", "oxford5k", "paris6k", "ukbench", "holidays", "folder")
+KNOWN_DATASETS = ("roxford5k", "rparis6k", "oxford5k", "paris6k", "ukbench", "holidays", "folder",
+                  "smvs-dvd-covers-test", "smvs-dvd-covers-ins", "smvs-dvd-covers-ins-test")
+
+# smvs-dvd-covers: objects 001-050 are where instar's learned parts train (proposal network, triplet training),
+# objects 051-100 are where they are measured (the "-test" variants)
+SMVS_TEST_OBJECTS = tuple(f"{i:03d}" for i in range(51, 101))
+SMVS_BOXES = "smvs-dvd-covers-boxes.json"  # package data: each phone photo's cover box, from instar's own matching
 
 
 class DatasetError(ValueError):
@@ -604,6 +611,60 @@ def load_folder(root: Path | str, name: str | None = None) -> Dataset:
     )
 
 
+def load_smvs(root: Path | str, *, direction: str = "retrieval", objects: Sequence[str] | None = None,
+              boxes: Path | str | None = None, name: str | None = None) -> Dataset:
+    """Stanford MVS DVD covers from its ``groups.csv`` (image, object_id, device, width, height), either way round.
+
+    ``direction='retrieval'``: each phone photo is a query, the cover scans (``Reference``) are the database,
+    the one positive is its own cover. ``direction='instance'``: each cover scan is a query (the whole scan, no
+    box), the phone photos are the database, its positives are the photos of that cover; ``boxes`` (default: the
+    packaged ground truth instar's matching wrote) says where the cover is in each photo, for localisation.
+    ``objects`` restricts both sides to those object ids (e.g. `SMVS_TEST_OBJECTS`). Protocol ``all``.
+    """
+    root = _require_dir(root, "smvs-dvd-covers folder")
+    table = root / "groups.csv"
+    if not table.is_file():
+        raise DatasetError(f"{table}: not found (the smvs-dvd-covers layout has a groups.csv)")
+    import csv
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "object_id", "device"} <= set(rows[0]):
+        raise DatasetError(f"{table}: expected columns image, object_id, device")
+    keep = set(objects) if objects is not None else None
+    rows = [r for r in rows if keep is None or r["object_id"] in keep]
+    refs = [r for r in rows if r["device"] == "Reference"]
+    photos = [r for r in rows if r["device"] != "Reference"]
+    if direction not in ("retrieval", "instance"):
+        raise DatasetError(f"direction {direction!r}: expected 'retrieval' or 'instance'")
+    db_rows, q_rows = (refs, photos) if direction == "retrieval" else (photos, refs)
+    _check_present(root, [r["image"] for r in rows], "images")
+    by_object: dict[str, list[int]] = {}
+    for i, r in enumerate(db_rows):
+        by_object.setdefault(r["object_id"], []).append(i)
+    where: dict[str, Any] = {}
+    if direction == "instance":
+        from importlib import resources
+        source = Path(boxes) if boxes is not None else resources.files("instar.data").joinpath(SMVS_BOXES)
+        try:
+            where = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DatasetError(f"{source}: cannot read the cover boxes ({e})") from None
+    queries, ground_truth, known = [], [], []
+    for r in q_rows:
+        positives = by_object.get(r["object_id"], [])
+        queries.append(Query(name=r["image"].removeprefix("jpg/").rsplit(".", 1)[0], image=root / r["image"], box=None))
+        ground_truth.append({"ok": np.array(positives, dtype=np.int64), "junk": np.zeros(0, dtype=np.int64)})
+        boxes_here = {}
+        for i in positives:
+            entry = where.get(db_rows[i]["image"].removeprefix("jpg/"))
+            if entry and entry.get("box"):
+                boxes_here[i] = _box(entry["box"], f"cover box of {db_rows[i]['image']}")
+        known.append(boxes_here)
+    return Dataset(name=name or f"smvs-dvd-covers-{direction}", kind="folder", root=root,
+                   database=[root / r["image"] for r in db_rows], queries=queries, ground_truth=ground_truth,
+                   positive_boxes=known if any(known) else None)
+
+
 # --------------------------------------------------------------------------------------------
 # By name
 # --------------------------------------------------------------------------------------------
@@ -680,6 +741,10 @@ def load_dataset(
             d = _need_data(key, data_p, "image folder (images)")
             img_p = _first_dir(d, ("jpg", "images", "paris", "oxbuild_images"), "image folder", "pass images=<folder>")
         return load_classic(gt_p, img_p, name=key)
+    if key in ("smvs-dvd-covers-test", "smvs-dvd-covers-ins", "smvs-dvd-covers-ins-test"):
+        d = _need_data(key, data_p, "smvs-dvd-covers folder")
+        return load_smvs(d, direction="instance" if "-ins" in key else "retrieval",
+                         objects=SMVS_TEST_OBJECTS if key.endswith("-test") else None, name=key)
     if key == "ukbench":
         if images is not None:
             return load_ukbench(images, name=key)
