@@ -6,7 +6,7 @@ from typing import Any
 
 from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
-from .regions import sliding  # noqa: F401
+from .regions import selective_search, sliding  # noqa: F401
 from .registry import FEATURES, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
 
 SECTIONS: dict[str, Registry] = {
