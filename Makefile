@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU build of torch first, so the package's torch requirement is already met
 	$(BIN)/python -m pip install -q torch==2.13.0
+	# opencv-contrib-python-headless replaced opencv-python-headless: both ship the same cv2 files, so an old
+	# venv holding the plain one drops both and reinstalls contrib cleanly
+	if $(BIN)/python -m pip show -q opencv-python-headless 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless; fi
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
