@@ -54,9 +54,9 @@ class Extractor:
     attribute of its section's name (`extractor.pooling`, `extractor.whitening`, ...). Stage protocol, beyond
     the call each section's stages share:
 
-    - `learns` (bool) / `fitted`: learned from training images; `state()` / `load_state(arrays)` round-trip it.
-      Pooling and whitening are fitted here in that order; any later learned stage implements
-      `fit_extractor(extractor, images, rng, progress)` and is fitted after them, in pipeline order.
+    - `learns` (bool) / `fitted`: learned from training images by `fit_extractor(extractor, images, rng,
+      progress)`, in pipeline order (each stage may describe the training images with the stages before it);
+      `state()` / `load_state(arrays)` round-trip what it learned.
     - `columns()` -> [store.Column]: per-image data the stage adds to an index, produced by
       `encode(extractor, views, regions_of, description) -> {column: array}` in `describe_full`.
     """
@@ -134,14 +134,12 @@ class Extractor:
     def describe_image(self, image) -> np.ndarray:
         """A prepared PIL image -> (D,) float32, L2-normalised."""
         self._check_fitted()
-        views = self.features(image)
-        return self._vector(views, self.regions_of(image, views) if self.features.kind == "maps" else None)
+        return self._vector(*self.views_and_regions(image))
 
     def describe_full(self, image) -> Description:
         """A prepared PIL image -> its `Description`: the global vector and, if the preset stores them, its regions."""
         self._check_fitted()
-        views = self.features(image)
-        regions_of = self.regions_of(image, views) if self.features.kind == "maps" else None
+        views, regions_of = self.views_and_regions(image)
         out = Description(self._vector(views, regions_of), image.size)
         if self.stores_regions:
             regions = regions_of(views[0])
@@ -183,20 +181,14 @@ class Extractor:
                 log.warning("training set: skipping %s", e)
         if not loaded:
             raise ValueError(f"preset {self.preset.name!r}: none of the {len(paths)} training images could be read")
-        if self.pooling.learns:
-            views = (self.features(im) for im in progress(loaded, desc=f"features for the {self.pooling.__class__.__name__}"))
-            self.pooling.fit(views, len(loaded), rng)
-        if self.whitening.learns:
-            vectors = []
-            for im in progress(loaded, desc="vectors for whitening"):
-                views = self.features(im)
-                regions_of = self.regions_of(im, views) if self.features.kind == "maps" else None
-                vectors.append(self.pooling.whitening_inputs(views, regions_of))
-            self.whitening.fit(np.concatenate(vectors), rng)
-        for name, st in self.learned.items():
-            if name not in ("pooling", "whitening"):
-                st.fit_extractor(self, loaded, rng, progress)
+        for st in self.learned.values():  # in pipeline order: each stage learns from the fitted ones before it
+            st.fit_extractor(self, loaded, rng, progress)
         return self
+
+    def views_and_regions(self, image):
+        """One prepared image's features (maps per scale, or local features) and its regions stage bound to it."""
+        views = self.features(image)
+        return views, (self.regions_of(image, views) if self.features.kind == "maps" else None)
 
     def state(self) -> dict[str, np.ndarray]:
         """Learned arrays, prefixed by section name, for storage with an index."""

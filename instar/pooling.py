@@ -219,6 +219,11 @@ class VLADPooling:
     def fitted(self) -> bool:
         return self.codebook is not None
 
+    def fit_extractor(self, extractor, images: Sequence, rng: np.random.Generator, progress) -> "VLADPooling":
+        """Learn the codebook from the training images' local features, described by `extractor`'s features stage."""
+        return self.fit((extractor.features(im) for im in progress(images, desc="local features for the codebook")),
+                        len(images), rng)
+
     def fit(self, local_sets: Iterable, n_images: int, rng: np.random.Generator) -> "VLADPooling":
         """Learn the codebook from the training images' local features (at most ~200k descriptors in all)."""
         per_image = max(50, 200_000 // max(n_images, 1))

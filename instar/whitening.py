@@ -140,6 +140,14 @@ class LearnedPCAWhitening(PCAWhitening):
                         self.dim_, self.dim, len(x))
         return self
 
+    def fit_extractor(self, extractor, images, rng: np.random.Generator, progress) -> "LearnedPCAWhitening":
+        """Learn from what `extractor`'s pooling gives the training images (image vectors, or region vectors for R-MAC)."""
+        vectors = []
+        for im in progress(images, desc="vectors for whitening"):
+            views, regions_of = extractor.views_and_regions(im)
+            vectors.append(extractor.pooling.whitening_inputs(views, regions_of))
+        return self.fit(np.concatenate(vectors), rng)
+
     def apply(self, v: np.ndarray) -> np.ndarray:
         return l2n(self.transform(v))
 
