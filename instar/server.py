@@ -335,6 +335,18 @@ def parse_box(text: str) -> Box:
     return tuple(values)  # type: ignore[return-value]
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag from what the header holds (PNG's getexif would decode the whole image)."""
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(0x0112, 1)
+    return im.getexif().get(0x0112, 1)
+
+
 def inspect_image(path: Path, label: str, max_pixels: int) -> tuple[int, int, str]:
     """(width, height after EXIF orientation, Pillow format) of an uploaded file from its header alone; 413 for
     an image above the pixel limit (a decompression bomb is refused before it is decoded), 422 for bytes that
@@ -344,7 +356,11 @@ def inspect_image(path: Path, label: str, max_pixels: int) -> tuple[int, int, st
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height, fmt = im.width, im.height, im.format or ""
-                orientation = im.getexif().get(0x0112, 1)
+                if width * height > max_pixels:
+                    raise ApiError(413, "image too large", f"{label}: declares {width}x{height} pixels, above the "
+                                                           f"limit of {max_pixels} pixels ({imgs.MAX_PIXELS_ENV}); "
+                                                           "not decoded")
+                orientation = _orientation(im)
     except Image.DecompressionBombError:
         try:
             size = imgs._declared_size(path)
@@ -357,9 +373,6 @@ def inspect_image(path: Path, label: str, max_pixels: int) -> tuple[int, int, st
         raise ApiError(422, "bad image", f"{label}: not an image format Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ApiError(422, "bad image", f"{label}: damaged or truncated image data ({e})") from None
-    if width * height > max_pixels:
-        raise ApiError(413, "image too large", f"{label}: declares {width}x{height} pixels, above the limit of "
-                                               f"{max_pixels} pixels ({imgs.MAX_PIXELS_ENV}); not decoded")
     if width < 1 or height < 1:
         raise ApiError(422, "bad image", f"{label}: declares an empty {width}x{height} image")
     if orientation in (5, 6, 7, 8):
