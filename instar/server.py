@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import hmac
 import io
 import logging
@@ -284,7 +283,8 @@ class BodyLimit:
 
 
 class SecurityHeaders:
-    """ASGI middleware: no content sniffing; the page may load only its own scripts, styles and images."""
+    """ASGI middleware: no content sniffing anywhere; the page (/ and /static/) may load only its own scripts,
+    styles and images (FastAPI's /docs loads Swagger UI's, so it is left as the framework serves it)."""
 
     CSP = (b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
            b"object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -296,12 +296,15 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+
         async def with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
-                headers.append((b"content-security-policy", self.CSP))
                 headers.append((b"referrer-policy", b"no-referrer"))
+                if page:
+                    headers.append((b"content-security-policy", self.CSP))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -470,8 +473,6 @@ class Service:
         self.writer_pool = ThreadPoolExecutor(1, thread_name_prefix="instar-writer")
         self.thumbnails = ThumbnailCache()
         self._local = threading.local()
-        self._handles: list[Index] = []
-        self._handles_lock = threading.Lock()
 
     def _load_lazy_stages(self) -> None:
         """Load what a preset loads on first use (a CNN trunk's weights) now, once, in this thread: requests
@@ -493,8 +494,6 @@ class Service:
             db = connect(self.path / DATABASE)
             idx = Index(self.path, db, self.extractor, Store(self.path, db))
             self._local.index = idx
-            with self._handles_lock:
-                self._handles.append(idx)
         return idx
 
     def close(self) -> None:

@@ -257,3 +257,19 @@ def test_searches_never_see_a_half_added_batch(served, client, photos):
     for f in result["add"].json()["files"]:
         assert client.delete(f"/images/{f['id']}", headers=served.auth()).status_code == 200
     assert client.get("/health").json()["images"] == 8
+
+
+def test_a_write_while_another_process_writes_is_409(served, client, photos):
+    from instar.index import DATABASE
+    from instar.store import Store, connect
+    db = connect(served.index / DATABASE)
+    try:
+        with Store(served.index, db).writer():   # this process holds the index's writer lock, as `instar index` would
+            r = client.post("/images", headers=served.auth(), files={"files": ("a.jpg", variants(photos, 1)[0], "image/jpeg")})
+            assert_error(r, 409, "index busy")
+            assert_error(client.delete("/images/0", headers=served.auth()), 409, "index busy")
+            assert search(client, (photos / "coffee.jpg").read_bytes(), k=3).status_code == 200  # reading goes on
+    finally:
+        db.close()
+    assert client.get("/health").json()["images"] == 8
+    assert list((served.index / "uploads").iterdir()) == []
