@@ -219,6 +219,14 @@ def test_region_boxes_drawn_where_the_api_says(browser, served_regions, photos, 
     partial = [h for h in hits if h["box"] != [0, 0, h["width"], h["height"]]]
     assert len(partial) == len(hits), [h["box"] for h in hits]
     check_hits(browser, cards, hits)
+    # the query canvas dims what lies outside the drawn box
+    alpha = browser.execute_script("return document.getElementById('canvas').getContext('2d')"
+                                   ".getImageData(2, 2, 1, 1).data[3]")
+    assert alpha > 80
+    stats = httpx.get(served_regions.url + "/stats").json()
+    assert stats["stores_regions"] and "ca-sr" in stats["search_choices"]["rerank"]
+    assert stats["model"]["weights"] == stats["model"]["weights_source"] == "random:0"
+    assert [c["name"] for c in stats["bytes"]["columns"]] == ["global", "boxes", "regions"]
     screenshot = tmp_path / "region-boxes.png"
     browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
