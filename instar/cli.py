@@ -282,6 +282,38 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
     typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
 
 
+@app.command()
+def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+          port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+          token: Optional[str] = typer.Option(None, envvar="INSTAR_TOKEN", show_envvar=True,
+                                              help="Bearer token required by POST /images and DELETE /images/{id}."),
+          allow_folder: Optional[list[Path]] = typer.Option(None, "--allow-folder",
+                                                            help="Let POST /images add server-side folders inside DIR (repeatable)."),
+          max_upload_mb: float = typer.Option(32, help="Largest request body, in MiB."),
+          max_k: int = typer.Option(1000, min=1, help="Most hits one search returns."),
+          workers: Optional[int] = typer.Option(None, min=1, help="Search threads (default: one per core, at most 4)."),
+          torch_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per forward (default: cores / workers)."),
+          log_level: str = typer.Option("info", help="uvicorn's log level (warning: no access log).")):
+    """Serve the index over HTTP: the search page at /, the API at /search, /images, /stats (docs at /docs)."""
+    import uvicorn
+
+    from .server import create_app
+    if not max_upload_mb > 0:
+        _fail(f"--max-upload-mb {max_upload_mb}: must be positive")
+    try:
+        api = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k,
+                         allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads)
+    except (IndexError_, PresetError, ValueError, OSError) as e:
+        _fail(str(e))
+    service = api.state.service
+    typer.echo(f"serving {index_dir} ({len(service.index())} images, preset {service.extractor.preset.name}) on "
+               f"http://{host}:{port}/ ; {service.workers} search threads x {service.torch_threads} torch threads; "
+               f"changes {'need the bearer token' if service.token else 'are open to anyone who can connect'}",
+               err=True)
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
 def _folder_positives(collection: Path, query_name: str) -> set[str]:
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
