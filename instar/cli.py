@@ -272,6 +272,47 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
     typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
 
 
+@app.command("estimate-boxes")
+def estimate_boxes(folder: Path = typer.Argument(..., metavar="DIR", help="One sub-folder per object, or (with --reference-folder) folders of views named by object id."),
+                   out: Path = typer.Option(..., "--out", "-o", help="JSON file to write: {relative image path: {box, inliers}}."),
+                   reference_folder: Optional[str] = typer.Option(None, "--reference-folder", help="Sub-folder of DIR holding one reference per object (e.g. Reference); views elsewhere are named like their reference (Canon/001.jpg)."),
+                   mode: str = typer.Option("auto", help="frame (project the reference's whole frame: flat objects), inliers (box the verified keypoints), or auto: frame with --reference-folder, else inliers."),
+                   min_inliers: int = typer.Option(15, help="Fewest RANSAC inliers that make a box."),
+                   quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Estimate each image's object box by RootSIFT matching verified by a RANSAC homography, and write them as a
+    ground-truth JSON file (boxes in the original images' pixels, null where matching failed)."""
+    from .matching import MatchingError, boxes_from_object_folders, boxes_from_references, write_boxes_json
+    if mode not in ("auto", "frame", "inliers"):
+        _fail(f"--mode {mode!r}: expected auto, frame or inliers")
+    if min_inliers < 4:
+        _fail(f"--min-inliers {min_inliers}: a homography needs at least 4")
+    if mode == "frame" and reference_folder is None:
+        _fail(f"{folder}: --mode frame projects a reference's frame: name the references with --reference-folder")
+    if out.is_dir():
+        _fail(f"{out}: is a folder; give the boxes file a name, e.g. boxes.json")
+    problems: list[tuple[Path, str]] = []
+    try:
+        if reference_folder is not None:
+            records = boxes_from_references(folder, reference_folder, mode="frame" if mode == "auto" else mode,
+                                            min_inliers=min_inliers, progress=_progress(quiet), problems=problems)
+        else:
+            records = boxes_from_object_folders(folder, min_inliers=min_inliers, progress=_progress(quiet),
+                                                problems=problems)
+    except (MatchingError, FileNotFoundError) as e:
+        _fail(str(e))
+    _print_skipped(problems)
+    if not records:
+        _fail(f"{folder}: no image could be read")
+    try:
+        write_boxes_json(records, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write the boxes file ({e.strerror or e})")
+    estimated = [r for r in records.values() if not r.reference]
+    found = sum(r.box is not None for r in estimated)
+    refs = len(records) - len(estimated)
+    typer.echo(f"{out}: boxes for {found} of {len(estimated)} images" + (f" (plus {refs} references, whole frame)" if refs else ""))
+
+
 def _folder_positives(collection: Path, query_name: str) -> set[str]:
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
