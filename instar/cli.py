@@ -313,6 +313,47 @@ def estimate_boxes(folder: Path = typer.Argument(..., metavar="DIR", help="One s
     typer.echo(f"{out}: boxes for {found} of {len(estimated)} images" + (f" (plus {refs} references, whole frame)" if refs else ""))
 
 
+@app.command("train-proposals")
+def train_proposals(folder: Path = typer.Argument(..., metavar="DIR", help="Images: one sub-folder per object (boxes estimated by matching within each), or the root the --boxes paths are relative to."),
+                    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pth), usable as regions.weights of the rpn entry."),
+                    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes JSON (as estimate-boxes writes it) instead of matching."),
+                    include: Optional[list[str]] = typer.Option(None, "--include", help="Train only on images whose relative path matches this glob (repeatable), e.g. '*/0[0-4]?.jpg'."),
+                    epochs: int = typer.Option(30, "--epochs", help="Passes over the training images."),
+                    arch: str = typer.Option("efficientnet-lite0", help="Trunk whose map the head learns on (frozen)."),
+                    layer: str = typer.Option("stride32", help="The trunk's tap."),
+                    weights: str = typer.Option("imagenet", "--weights", help="Trunk weights: imagenet, random:SEED or a .pth."),
+                    max_size: int = typer.Option(1024, help="Images are shrunk to this longest side first, as the image stage does."),
+                    hidden: int = typer.Option(128, help="Channels of the head's 3x3 conv."),
+                    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+                    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also train on horizontal flips."),
+                    seed: int = typer.Option(0, help="Seed of the head's init and the anchor sampling."),
+                    quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Train a region proposal network head (3x3 conv, objectness and box-regression 1x1 convs over 9 anchors per
+    cell) on a frozen trunk's map, from boxes estimated by matching; prints the loss per epoch."""
+    from .features.cnn import WeightsError
+    from .matching import MatchingError
+    from .regions.rpn_train import TrainingError, collect_samples, save_checkpoint, train_rpn
+    if epochs < 1:
+        _fail(f"--epochs {epochs}: must be at least 1")
+    if out.is_dir():
+        _fail(f"{out}: is a folder; give the checkpoint a file name, e.g. rpn.pth")
+    problems: list[tuple[Path, str]] = []
+    try:
+        samples = collect_samples(folder, boxes, include=include or (), progress=_progress(quiet), problems=problems)
+        _print_skipped(problems)
+        typer.echo(f"training on {len(samples)} images with boxes", err=True)
+        ckpt = train_rpn(samples, arch=arch, layer=layer, weights=weights, max_size=max_size, epochs=epochs,
+                         hidden=hidden, lr=lr, flip=flip, seed=seed, progress=_progress(quiet),
+                         log=lambda line: typer.echo(line))
+    except (MatchingError, TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    try:
+        save_checkpoint(ckpt, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write the checkpoint ({e.strerror or e})")
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
 def _folder_positives(collection: Path, query_name: str) -> set[str]:
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import images, pooling, regions, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
-from .regions import selective_search, sliding  # noqa: F401
+from .regions import rpn, selective_search, sliding  # noqa: F401
 from .registry import FEATURES, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry
 
 SECTIONS: dict[str, Registry] = {
@@ -50,6 +50,14 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
     if region_pool.stores_regions and region_pool.input_kind != features.kind:
         return (f"region_pooling.method {region_pool.name!r} does not fit features.type {features.name!r} "
                 f"({region_pool.name} pools {region_pool.input_kind}, {features.name} gives {features.kind})")
+    regions = REGIONS.entry(sections["regions"]["method"])
+    if getattr(regions, "needs_trunk", False) and features.kind == "maps":
+        # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
+        for key in ("arch", "layer"):
+            want, have = sections["regions"][key], sections["features"][key]
+            if have and want != have:
+                return (f"regions.{key} {want!r} (the trunk the {regions.name} head was trained on) does not match "
+                        f"features.{key} {have!r}")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
