@@ -342,9 +342,11 @@ def train_proposals(folder: Path = typer.Argument(..., metavar="DIR", help="Imag
         samples = collect_samples(folder, boxes, include=include or (), progress=_progress(quiet), problems=problems)
         _print_skipped(problems)
         typer.echo(f"training on {len(samples)} images with boxes", err=True)
+        unreadable: list[tuple[Path, str]] = []
         ckpt = train_rpn(samples, arch=arch, layer=layer, weights=weights, max_size=max_size, epochs=epochs,
                          hidden=hidden, lr=lr, flip=flip, seed=seed, progress=_progress(quiet),
-                         log=lambda line: typer.echo(line))
+                         log=lambda line: typer.echo(line), problems=unreadable)
+        _print_skipped(unreadable)
     except (MatchingError, TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     try:

@@ -306,15 +306,19 @@ def test_train_proposals_cli_writes_a_head_the_rpn_entry_loads(objects, tmp_path
     assert entry.rpn.meta["trained_on"] == sorted(n.removeprefix("by-object/") for n in truth if n.startswith("by-object"))
     regions = entry(torch.randn(320, 5, 6), MapGeometry.of((180, 150), (6, 5), 32))
     assert 1 <= len(regions) <= 11
-    # a boxes file given directly, filtered by --include
+    # a boxes file given directly, filtered by --include; a damaged image is skipped and named
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "a" / "view0.png").write_bytes((root / "by-object" / "astronaut" / "view0.png").read_bytes())
+    (tmp_path / "photos" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"astronaut/view0.png": [40, 30, 260, 230], "coffee/view0.png": None}))
-    r = runner.invoke(app, ["train-proposals", str(root / "by-object"), "--boxes", str(boxes), "--out", str(out),
+    boxes.write_text(json.dumps({"a/view0.png": [40, 30, 260, 230], "a/broken.png": [0, 0, 50, 50],
+                                 "b/none.png": None, "b/other.png": [1, 1, 9, 9]}))
+    r = runner.invoke(app, ["train-proposals", str(tmp_path / "photos"), "--boxes", str(boxes), "--out", str(out),
                             "--epochs", "1", "--weights", "random:0", "--max-size", "128", "--no-flip",
-                            "--include", "astronaut/*", "-q"])
+                            "--include", "a/*", "-q"])
     assert r.exit_code == 0, r.output
-    assert "training on 1 images" in r.output
-    assert torch.load(out, weights_only=True)["meta"]["trained_on"] == ["astronaut/view0.png"]
+    assert "training on 2 images" in r.output and "skipped" in r.output and "broken.png" in r.output
+    assert torch.load(out, weights_only=True)["meta"]["trained_on"] == ["a/view0.png"]
 
 
 def test_proposal_commands_refuse_bad_input_with_exit_2(objects, tmp_path):
