@@ -6,7 +6,7 @@ from typing import Any
 
 from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
-from .regions import selective_search, sliding  # noqa: F401
+from .regions import rpn, selective_search, sliding  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
                        TRAIN, TRUNKS, WHITENINGS, Registry)
 
@@ -60,6 +60,14 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
+    regions = REGIONS.entry(sections["regions"]["method"])
+    if getattr(regions, "needs_trunk", False) and features.kind == "maps":
+        # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
+        for key in ("arch", "layer"):
+            want, have = sections["regions"][key], sections["features"][key]
+            if have and want != have:
+                return (f"regions.{key} {want!r} (the trunk the {regions.name} head was trained on) does not match "
+                        f"features.{key} {have!r}")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
