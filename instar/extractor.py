@@ -59,6 +59,8 @@ class Extractor:
       `state()` / `load_state(arrays)` round-trip what it learned.
     - `columns()` -> [store.Column]: per-image data the stage adds to an index, produced by
       `encode(extractor, views, regions_of, description) -> {column: array}` in `describe_full`.
+    - `bind(extractor)`: called once every stage is built, for a stage that reads another one (e.g. the
+      `weights` whitening, stored with the trunk's checkpoint and read from the features stage on first use).
     """
 
     def __init__(self, preset: Preset, *, weights_mirror: str | None = None):
@@ -70,6 +72,9 @@ class Extractor:
             setattr(self, section, stage)
         if hasattr(self.features, "weights_mirror"):
             self.features.weights_mirror = weights_mirror
+        for stage in self.stages.values():
+            if hasattr(stage, "bind"):
+                stage.bind(self)
 
     # --- configuration -------------------------------------------------------------------------
     @property

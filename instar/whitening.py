@@ -151,6 +151,13 @@ class LearnedPCAWhitening(PCAWhitening):
     def apply(self, v: np.ndarray) -> np.ndarray:
         return l2n(self.transform(v))
 
+    def as_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whitening as a shift and a fully connected layer, y = W (x - shift) (Gordo et al. sec. 3.1):
+        (shift (D,), W (dim_, D)) float32, the initial "PCA" layer of a trained R-MAC network."""
+        if self.projection_ is None:
+            raise RuntimeError("PCA-whitening must be fitted before it becomes a layer")
+        return self.mean_.astype(np.float32), np.ascontiguousarray(self.projection_.T, dtype=np.float32)
+
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "projection" in state:
             self.mean_ = np.asarray(state["mean"], dtype=np.float64)

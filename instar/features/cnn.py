@@ -45,8 +45,10 @@ MIRROR_ENV = "INSTAR_WEIGHTS_MIRROR"
 MIN_INPUT_SIZE = 32
 
 # Checkpoint entries that are not part of the trunk but that a later stage may use
-# (cirtorch: GeM exponent, learned whitening, local whitening).
-_EXTRA_PREFIXES = ("pool.", "whiten.", "lwhiten.")
+# (cirtorch: GeM exponent, learned whitening, local whitening; instar train-cs-sr: the CS-SR classifier).
+# `instar train` stores its learned "PCA" layer as whiten.weight / whiten.shift, read by whitening.method = weights.
+EXTRA_PREFIXES = ("pool.", "whiten.", "lwhiten.", "cssr.")
+_EXTRA_PREFIXES = EXTRA_PREFIXES
 
 
 class WeightsError(ValueError):
@@ -419,8 +421,10 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] = (1.0,)) -> list[torch.Tensor]:
-    """One ``(C, h, w)`` float32 CPU map per scale.
+def scaled_inputs(model: nn.Module, image: Image.Image, scales: Iterable[float] = (1.0,)) -> list[torch.Tensor]:
+    """The ``(1, 3, H_s, W_s)`` input tensor the trunk sees at each scale (normalised with the model's
+    ``input_mean`` / ``input_std``, on its device and dtype); `feature_maps` runs the trunk on them, and a
+    network trained on the same maps (instar.learning) feeds it exactly these.
 
     Scale ``s`` resizes the normalised ``(1, 3, H, W)`` tensor with
     ``F.interpolate(scale_factor=s, mode='bilinear', align_corners=False)`` (as cirtorch's
@@ -445,8 +449,14 @@ def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] =
             xs = x
         else:
             xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        out.append(model(xs)[0].to(device="cpu", dtype=torch.float32))
+        out.append(xs)
     return out
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, image: Image.Image, scales: Iterable[float] = (1.0,)) -> list[torch.Tensor]:
+    """One ``(C, h, w)`` float32 CPU map per scale: the trunk on each of `scaled_inputs`."""
+    return [model(xs)[0].to(device="cpu", dtype=torch.float32) for xs in scaled_inputs(model, image, scales)]
 
 
 # ----------------------------------------------------------------------------- stage entries

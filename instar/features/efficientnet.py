@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from ..registry import TRUNKS
-from .cnn import WeightsError, _read_checkpoint, image_tensor
+from .cnn import EXTRA_PREFIXES, WeightsError, _read_checkpoint, image_tensor
 
 LITE_VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 LITE_LAYERS = ("stride16", "stride32", "head")
@@ -284,9 +284,20 @@ def _state_dict_of(obj: object, source: str) -> Mapping:
     return obj
 
 
-def _apply_state_dict(model: EfficientNetLite, obj: object, source: str) -> None:
-    """Load strictly: every model key present with its shape, no key left over."""
-    sd = _state_dict_of(obj, source)
+def _apply_state_dict(model: EfficientNetLite, obj: object, source: str) -> dict:
+    """Load strictly: every model key present with its shape, no key left over -- except the entries a later
+    stage uses (``whiten.*``, ``cssr.*``, ...: `cnn.EXTRA_PREFIXES`), which are handed back, with the
+    checkpoint's ``meta`` when it has one (a checkpoint `instar train` wrote: the trunk plus its learned
+    whitening)."""
+    sd = dict(_state_dict_of(obj, source))
+    extras: dict = {}
+    if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping):
+        extras["meta"] = dict(obj["meta"])
+        arch = extras["meta"].get("architecture")
+        if isinstance(arch, str) and arch != model.arch:
+            raise WeightsError(f"{source}: checkpoint is for architecture {arch!r}, not {model.arch!r}")
+    for k in [k for k in sd if isinstance(k, str) and k.startswith(EXTRA_PREFIXES)]:
+        extras[k] = sd.pop(k)
     expected = model.state_dict()
     for k in sd:
         if k not in expected:
@@ -305,7 +316,8 @@ def _apply_state_dict(model: EfficientNetLite, obj: object, source: str) -> None
                 f"{source}: wrong shape for {k!r}: expected {tuple(ref.shape)} for {model.arch}, "
                 f"found {tuple(v.shape)}"
             )
-    model.load_state_dict(dict(sd), strict=True)
+    model.load_state_dict(sd, strict=True)
+    return extras
 
 
 def load_efficientnet_lite(
@@ -320,9 +332,11 @@ def load_efficientnet_lite(
       * a local ``.pth`` path (str or PathLike) with the same layout, optionally wrapped in
         ``{'state_dict': ...}`` and/or with DataParallel's ``module.`` prefixes.
 
-    Loading is strict (all keys, ``_fc`` included, and nothing else); a missing, unexpected or
-    mis-shaped key raises WeightsError naming the file and the key.
-    Returns ``(model in eval mode, {'source': path or 'random:SEED', 'ignored': []})``.
+    Loading is strict (all keys, ``_fc`` included, and nothing else but the stage extras
+    ``whiten.*`` / ``cssr.*`` / ``pool.*`` / ``lwhiten.*``); a missing, unexpected or mis-shaped key raises
+    WeightsError naming the file and the key.
+    Returns ``(model in eval mode, {'source': path or 'random:SEED', 'ignored': [], **extras})`` where
+    extras are the checkpoint's stage tensors by key and its ``'meta'`` (dict), when present.
     """
     _check_variant(variant)
     if layer not in LITE_LAYERS:
@@ -348,8 +362,8 @@ def load_efficientnet_lite(
     source = packaged_weights_path(variant) if weights == "imagenet" else weights
     obj = _read_checkpoint(source)
     model = EfficientNetLite(variant, layer)
-    _apply_state_dict(model, obj, source)
-    return model.eval(), {"source": source, "ignored": []}
+    extras = _apply_state_dict(model, obj, source)
+    return model.eval(), {"source": source, "ignored": [], **extras}
 
 
 # ----------------------------------------------------------------------------- input
