@@ -398,6 +398,58 @@ def train_proposals(folder: Path = typer.Argument(..., metavar="DIR", help="Imag
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
+@app.command("train")
+def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images: a folder with one sub-folder per object or landmark, a CSV of (image, object_id) rows, or (--unlabelled) any folder of photos."),
+          out: Path = typer.Option(..., "--out", "-o", help="Model to write (.pth): the trunk's checkpoint plus its learned whitening; resumable state goes to OUT.state."),
+          preset: str = typer.Option("rmac-lite0", help="R-MAC preset the network is (its trunk, regions, scales, image size)."),
+          epochs: int = typer.Option(10, "--epochs", help="Epochs of --updates-per-epoch updates; raising it on a finished run continues it."),
+          train_blocks: int = typer.Option(1, "--train-blocks", help="Last MBConv blocks (+ the head conv) that learn; 0 = the whitening layer only."),
+          loss: str = typer.Option("triplet", help="triplet (Gordo et al. eq. 1) or contrastive (survey eq. 13)."),
+          margin: Optional[float] = typer.Option(None, help="Loss margin (default: triplet 0.1, contrastive 0.5 on squared distances)."),
+          lr: float = typer.Option(1e-3, help="SGD learning rate."),
+          momentum: float = typer.Option(0.9, help="SGD momentum."),
+          weight_decay: float = typer.Option(5e-5, "--weight-decay", help="SGD weight decay."),
+          batch: int = typer.Option(64, help="Tuples whose gradients one update accumulates."),
+          mine_every: int = typer.Option(16, "--mine-every", help="Updates between two hard-example minings."),
+          updates_per_epoch: int = typer.Option(16, "--updates-per-epoch", help="Updates per epoch."),
+          pool: int = typer.Option(2000, help="Training images embedded per mining (a random subset when there are more)."),
+          classes: Optional[list[str]] = typer.Option(None, "--classes", help="Train only on objects whose name matches this glob (repeatable), e.g. '0[0-4]?'."),
+          unlabelled: bool = typer.Option(False, "--unlabelled", help="DATA has no labels: group its photos by RootSIFT + RANSAC verified matches (connected components; unmatched photos dropped)."),
+          mine_k: int = typer.Option(20, "--mine-k", help="--unlabelled: verify each photo with its K nearest by the trunk's R-MAC (0: every pair)."),
+          min_inliers: int = typer.Option(15, "--min-inliers", help="--unlabelled: RANSAC inliers that verify a pair."),
+          val: Optional[Path] = typer.Option(None, "--val", help="Validation images (folder of object sub-folders or CSV): all-vs-all mAP per epoch."),
+          val_dataset: Optional[str] = typer.Option(None, "--val-dataset", help="Validation benchmark (as instar eval names it, e.g. smvs-dvd-covers-test): its mAP per epoch."),
+          val_data: Optional[Path] = typer.Option(None, "--val-data", help="The --val-dataset folder."),
+          cache: Optional[Path] = typer.Option(None, "--cache", help="Keep the frozen trunk's outputs in this file between runs."),
+          sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
+          seed: int = typer.Option(0, help="Seed of the mining's sampling."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Train an R-MAC network (trunk's last blocks + the "PCA" layer) with a ranking loss and hard-negative mining
+    on your own photos; prints the loss and the mAP per epoch and writes a .pth usable wherever --weights is."""
+    from .evaluation.datasets import DatasetError
+    from .features.cnn import WeightsError
+    from .learning.command import state_path_of, train_command
+    from .learning.rmac_net import LearningError
+    from .learning.train import TrainConfig
+    from .matching import MatchingError
+    if val_data is not None and val_dataset is None:
+        _fail("--val-data names the folder of a --val-dataset; give the dataset's name too")
+    try:
+        p = load_preset(preset).with_overrides(_overrides(sets, weights))
+        config = TrainConfig(train_blocks=train_blocks, loss=loss, margin=margin, epochs=epochs, lr=lr,
+                             momentum=momentum, weight_decay=weight_decay, batch=batch, mine_every=mine_every,
+                             updates_per_epoch=updates_per_epoch, pool=pool, seed=seed)
+        outcome = train_command(data, p, out, config, classes=classes or (), unlabelled=unlabelled, mine_k=mine_k,
+                                min_inliers=min_inliers, val=val, val_dataset=val_dataset, val_data=val_data,
+                                cache=cache, progress=_progress(quiet), echo=lambda line: typer.echo(line))
+    except (PresetError, LearningError, WeightsError, DatasetError, MatchingError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(f"{out}: interrupted; {state_path_of(out)} keeps the last update: run the same command again to resume",
+              code=130)
+    _print_skipped(outcome.problems)
+
+
 def _folder_positives(collection: Path, query_name: str) -> set[str]:
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)

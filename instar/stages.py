@@ -7,6 +7,7 @@ from typing import Any
 from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
 from .regions import rpn, selective_search, sliding  # noqa: F401
+from .learning import stored_whitening  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
                        TRAIN, TRUNKS, WHITENINGS, Registry)
 
