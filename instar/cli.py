@@ -450,6 +450,47 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
     _print_skipped(outcome.problems)
 
 
+@app.command("train-cs-sr")
+def train_cs_sr(dataset: str = typer.Argument(..., help="Benchmark whose query boxes are the objects to learn (as instar eval names it), e.g. mini-rparis6k."),
+                out: Path = typer.Option(..., "--out", "-o", help="Classifier checkpoint to write (.pth), the cs-sr re-ranker's rerank.weights (strategy 2: also the trunk's --weights)."),
+                data: Optional[Path] = typer.Option(None, help="Dataset folder (published layout)."),
+                gnd: Optional[Path] = typer.Option(None, help="Revisited ground-truth pickle, if not in --data."),
+                images: Optional[Path] = typer.Option(None, help="Image folder, if not in --data."),
+                preset: str = typer.Option("ipa-sum-lite0", help="Preset of the index it will re-rank (trunk, image size; region_pooling.method must be max)."),
+                strategy: int = typer.Option(1, help="1: the classifier only (trunk frozen); 2: the classifier and the trunk's last stage."),
+                train_blocks: int = typer.Option(1, "--train-blocks", help="Strategy 2: last MBConv blocks (+ head conv) that learn."),
+                steps: int = typer.Option(1000, help="SGD steps of 2 images x 64 RoIs."),
+                lr: float = typer.Option(1e-3, help="Adam learning rate of the classifier (the trunk's stage: a tenth of it)."),
+                hidden: int = typer.Option(256, help="Width of the classifier's hidden layer."),
+                seed: int = typer.Option(0),
+                sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
+                quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Fine-tune CS-SR's classifier (Salvador et al. sec. 3.2) on a benchmark's query boxes and their flips, one class
+    per query object plus background; re-rank with --set rerank.method=cs-sr --set rerank.weights=OUT."""
+    from .evaluation.datasets import DatasetError, load_dataset
+    from .features.cnn import WeightsError
+    from .learning.cssr import checkpoint_summary, train_cssr
+    from .learning.rmac_net import LearningError
+    from .learning.train import save_model
+    if out.is_dir():
+        _fail(f"{out}: is a folder; give the classifier a file name, e.g. cssr.pth")
+    try:
+        p = load_preset(preset).with_overrides(_overrides(sets, weights))
+        ds = load_dataset(dataset, data=data, gnd=gnd, images=images)
+        ckpt = train_cssr(ds, p, strategy=strategy, train_blocks=train_blocks, steps=steps, lr=lr, hidden=hidden,
+                          seed=seed, progress=_progress(quiet), echo=lambda line: typer.echo(line))
+    except (PresetError, LearningError, WeightsError, DatasetError, ImageLoadError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    try:
+        save_model(ckpt, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write the classifier ({e.strerror or e})")
+    use = f"--set rerank.method=cs-sr --set rerank.weights={out}"
+    if strategy == 2:
+        use = f"--weights {out} " + use
+    typer.echo(f"wrote {out}: {checkpoint_summary(ckpt)}; re-rank with: {use}")
+
+
 def _folder_positives(collection: Path, query_name: str) -> set[str]:
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)

@@ -7,7 +7,7 @@ from typing import Any
 from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, efficientnet, local  # noqa: F401
 from .regions import rpn, selective_search, sliding  # noqa: F401
-from .learning import stored_whitening  # noqa: F401
+from .learning import cssr, stored_whitening  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
                        TRAIN, TRUNKS, WHITENINGS, Registry)
 
@@ -61,6 +61,10 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
+        allowed = getattr(entry, "region_pooling", None)  # an entry that reads one kind of region descriptor
+        if allowed and sections["region_pooling"]["method"] not in allowed:
+            return (f"{section}.method {entry.name!r} reads {' or '.join(allowed)}-pooled region descriptors: set "
+                    f"region_pooling.method = {allowed[0]!r}")
     regions = REGIONS.entry(sections["regions"]["method"])
     if getattr(regions, "needs_trunk", False) and features.kind == "maps":
         # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
