@@ -69,10 +69,11 @@ class BoxEstimate(NamedTuple):
 @dataclass
 class Verified:
     """Matches of A to B that a homography verifies: `homography` (3, 3) maps A's pixels to B's;
-    `points_a`, `points_b` (K, 2) the inlier keypoint pairs."""
+    `points_a`, `points_b` (K, 2) the inlier keypoint pairs; `pairs` (K, 2) their keypoint indices (in A, in B)."""
     homography: np.ndarray
     points_a: np.ndarray
     points_b: np.ndarray
+    pairs: np.ndarray | None = None
 
     @property
     def inliers(self) -> int:
@@ -122,7 +123,7 @@ def verify(a: ImageFeatures, b: ImageFeatures, pairs: np.ndarray, reproj_thresho
     keep = mask.ravel().astype(bool)
     if keep.sum() < max(4, min_inliers):
         return None
-    return Verified(H, src[keep], dst[keep])
+    return Verified(H, src[keep], dst[keep], pairs[keep])
 
 
 def project_frame(homography: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:

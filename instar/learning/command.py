@@ -47,7 +47,7 @@ def state_path_of(out: Path) -> Path:
 
 
 def train_command(data: Path, preset: Preset, out: Path, config: TrainConfig, *, classes: Sequence[str] = (),
-                  unlabelled: bool = False, mine_k: int = SHORTLIST, min_inliers: int = 15,
+                  unlabelled: bool = False, mine_k: int = SHORTLIST, min_inliers: int = 15, max_partners: int = 0,
                   val: Path | None = None, val_dataset: str | None = None, val_data: Path | None = None,
                   cache: Path | None = None, progress: Callable[..., Iterable] = _no_progress,
                   echo: Callable[[str], None] = print, on_update: Callable[[int], None] | None = None) -> TrainOutcome:
@@ -75,14 +75,18 @@ def train_command(data: Path, preset: Preset, out: Path, config: TrainConfig, *,
     mined_summary = None
     if unlabelled:
         E = np.stack([unwhitened_rmac(v) for v in views])
-        mined = mine_groups(paths, E, k=mine_k, min_inliers=min_inliers, max_keypoints=MAX_KEYPOINTS,
-                            progress=progress, problems=problems)
+        mined = mine_groups(paths, E, k=mine_k, min_inliers=min_inliers, max_partners=max_partners,
+                            max_keypoints=MAX_KEYPOINTS, progress=progress, problems=problems)
         keep = mined.kept
         mined_summary = {"images": len(paths), "kept": int(len(keep)), "groups": mined.count,
-                         "pairs_tried": mined.tried, "pairs_verified": len(mined.edges),
-                         "edges": [(str(paths[i]), str(paths[j]), n) for i, j, n in mined.edges]}
-        echo(f"mined {mined.count} groups from {len(paths)} images: {len(mined.edges)} of {mined.tried} shortlisted "
-             f"pairs verified, {len(paths) - len(keep)} images in no verified pair dropped")
+                         "pairs_tried": mined.tried, "pairs_verified": len(mined.verified),
+                         "max_partners": max_partners, "min_inliers": min_inliers, "mine_k": mine_k,
+                         "edges": [(str(paths[i]), str(paths[j]), n) for i, j, n in mined.edges],
+                         "verified": [(str(paths[i]), str(paths[j]), n) for i, j, n in mined.verified]}
+        discounted = (f", {len(mined.edges)} keep {min_inliers} inliers without repeated structure"
+                      if max_partners > 0 else "")
+        echo(f"mined {mined.count} groups from {len(paths)} images: {len(mined.verified)} of {mined.tried} shortlisted "
+             f"pairs verified{discounted}, {len(paths) - len(keep)} images in no verified pair dropped")
         if mined.count < 2:
             raise LearningError(f"{data}: mining found {mined.count} group(s) of matching views; training needs at "
                                 "least two objects (lower --min-inliers, raise --mine-k, or label the folder)")

@@ -9,6 +9,14 @@
    instar's box-estimation model, exact for the flat objects and planar facades this is meant for.)
 3. Graph: the connected components of the verified edges are the objects; images left alone (no verified pair)
    are outliers and are dropped.
+
+Repeated structure (`max_partners`, off by default): photos taken on the same table, poster or floor verify with
+each other through their common background (smvs-dvd-covers' Droid photos of different covers match with up to 340
+inliers), and a single such edge merges two objects' components. With `max_partners = K`, a keypoint that is an
+inlier with more than K other images is taken for repeated structure (shared background, a logo) rather than the
+object, and stops counting: a pair must still have `min_inliers` inliers without such keypoints. K should be at
+least the number of views an object has (a view of an object matches its other views through the object's own
+keypoints); it is instar's addition, not Gordo et al.'s (who mine within a landmark's noisy class).
 """
 from __future__ import annotations
 
@@ -34,11 +42,13 @@ def _no_progress(it: Iterable, **_: object) -> Iterable:
 
 @dataclass
 class MinedGroups:
-    """`groups` (N,) int: each image's object (0..G-1), -1 for an outlier; `edges` the verified pairs
-    (i, j, inliers); `tried` how many pairs were verified."""
+    """`groups` (N,) int: each image's object (0..G-1), -1 for an outlier; `edges` the graph's edges (i, j,
+    inliers), `verified` every pair that verified (before repeated structure was discounted), `tried` how many
+    pairs were tried."""
     groups: np.ndarray
     edges: list[tuple[int, int, int]]
     tried: int
+    verified: list[tuple[int, int, int]] | None = None
 
     @property
     def count(self) -> int:
@@ -91,13 +101,35 @@ def components(n: int, edges: Sequence[tuple[int, int, int]]) -> np.ndarray:
     return out
 
 
+def discount_repeated(verified: list[tuple[int, int, np.ndarray]], max_partners: int, min_inliers: int
+                      ) -> list[tuple[int, int, int]]:
+    """Edges (i, j, inliers) of the `verified` pairs (i, j, (K, 2) inlier keypoint indices in i, in j) that keep
+    `min_inliers` inliers once keypoints that are inliers with more than `max_partners` other images are dropped."""
+    partners: dict[tuple[int, int], set[int]] = {}
+    for i, j, idx in verified:
+        for k in idx[:, 0].tolist():
+            partners.setdefault((i, k), set()).add(j)
+        for k in idx[:, 1].tolist():
+            partners.setdefault((j, k), set()).add(i)
+    edges = []
+    for i, j, idx in verified:
+        n = sum(len(partners[(i, a)]) <= max_partners and len(partners[(j, b)]) <= max_partners
+                for a, b in idx.tolist())
+        if n >= min_inliers:
+            edges.append((i, j, n))
+    return edges
+
+
 def mine_groups(paths: Sequence[Path], descriptors: np.ndarray, *, k: int = SHORTLIST, min_inliers: int = MIN_INLIERS,
-                max_keypoints: int = MAX_KEYPOINTS, match_size: int = MATCH_SIZE, ratio: float = RATIO,
-                progress: Callable[..., Iterable] = _no_progress,
+                max_partners: int = 0, max_keypoints: int = MAX_KEYPOINTS, match_size: int = MATCH_SIZE,
+                ratio: float = RATIO, progress: Callable[..., Iterable] = _no_progress,
                 problems: list[tuple[Path, str]] | None = None) -> MinedGroups:
-    """Group `paths` (with their global `descriptors` (N, D), L2-normalised, for the shortlist) into objects."""
+    """Group `paths` (with their global `descriptors` (N, D), L2-normalised, for the shortlist) into objects;
+    `max_partners` > 0 discounts repeated structure (see the module docstring)."""
     if min_inliers < 4:
         raise ValueError(f"min_inliers {min_inliers}: a homography needs at least 4")
+    if max_partners < 0:
+        raise ValueError(f"max_partners {max_partners}: 0 (off) or the most images one object keypoint may match")
     features = []
     for p in progress(paths, desc="RootSIFT keypoints"):
         try:
@@ -107,12 +139,14 @@ def mine_groups(paths: Sequence[Path], descriptors: np.ndarray, *, k: int = SHOR
                 problems.append((Path(p), e.reason))
             features.append(None)
     pairs = shortlist(np.asarray(descriptors, np.float32), k)
-    edges = []
+    verified = []
     for i, j in progress(pairs, desc="verifying pairs"):
         a, b = features[i], features[j]
         if a is None or b is None:
             continue
         v = verify(a, b, match_keypoints(a, b, ratio), REPROJ_THRESHOLD, min_inliers)
         if v is not None:
-            edges.append((i, j, v.inliers))
-    return MinedGroups(components(len(paths), edges), edges, len(pairs))
+            verified.append((i, j, v.pairs))
+    raw = [(i, j, len(idx)) for i, j, idx in verified]
+    edges = discount_repeated(verified, max_partners, min_inliers) if max_partners > 0 else raw
+    return MinedGroups(components(len(paths), edges), edges, len(pairs), raw)
