@@ -406,7 +406,8 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
           train_blocks: int = typer.Option(1, "--train-blocks", help="Last MBConv blocks (+ the head conv) that learn; 0 = the whitening layer only."),
           loss: str = typer.Option("triplet", help="triplet (Gordo et al. eq. 1) or contrastive (survey eq. 13)."),
           margin: Optional[float] = typer.Option(None, help="Loss margin (default: triplet 0.1, contrastive 0.5 on squared distances)."),
-          lr: float = typer.Option(1e-3, help="SGD learning rate."),
+          lr: float = typer.Option(1e-3, help="SGD learning rate of the trunk's trained blocks."),
+          whiten_lr: Optional[float] = typer.Option(None, "--whiten-lr", help="SGD learning rate of the \"PCA\" layer (default: --lr)."),
           momentum: float = typer.Option(0.9, help="SGD momentum."),
           weight_decay: float = typer.Option(5e-5, "--weight-decay", help="SGD weight decay."),
           batch: int = typer.Option(64, help="Tuples whose gradients one update accumulates."),
@@ -417,6 +418,7 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
           unlabelled: bool = typer.Option(False, "--unlabelled", help="DATA has no labels: group its photos by RootSIFT + RANSAC verified matches (connected components; unmatched photos dropped)."),
           mine_k: int = typer.Option(20, "--mine-k", help="--unlabelled: verify each photo with its K nearest by the trunk's R-MAC (0: every pair)."),
           min_inliers: int = typer.Option(15, "--min-inliers", help="--unlabelled: RANSAC inliers that verify a pair."),
+          max_partners: int = typer.Option(0, "--max-partners", help="--unlabelled: keypoints that are inliers with more than K other images (shared background, logos) stop counting; 0 = off. K >= the views an object has."),
           val: Optional[Path] = typer.Option(None, "--val", help="Validation images (folder of object sub-folders or CSV): all-vs-all mAP per epoch."),
           val_dataset: Optional[str] = typer.Option(None, "--val-dataset", help="Validation benchmark (as instar eval names it, e.g. smvs-dvd-covers-test): its mAP per epoch."),
           val_data: Optional[Path] = typer.Option(None, "--val-data", help="The --val-dataset folder."),
@@ -437,10 +439,10 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
     try:
         p = load_preset(preset).with_overrides(_overrides(sets, weights))
         config = TrainConfig(train_blocks=train_blocks, loss=loss, margin=margin, epochs=epochs, lr=lr,
-                             momentum=momentum, weight_decay=weight_decay, batch=batch, mine_every=mine_every,
+                             whiten_lr=whiten_lr, momentum=momentum, weight_decay=weight_decay, batch=batch, mine_every=mine_every,
                              updates_per_epoch=updates_per_epoch, pool=pool, seed=seed)
         outcome = train_command(data, p, out, config, classes=classes or (), unlabelled=unlabelled, mine_k=mine_k,
-                                min_inliers=min_inliers, val=val, val_dataset=val_dataset, val_data=val_data,
+                                min_inliers=min_inliers, max_partners=max_partners, val=val, val_dataset=val_dataset, val_data=val_data,
                                 cache=cache, progress=_progress(quiet), echo=lambda line: typer.echo(line))
     except (PresetError, LearningError, WeightsError, DatasetError, MatchingError, FileNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -277,10 +277,39 @@ class RMACNet(nn.Module):
             total = total + self.pool(regions)
         return l2n(total)
 
+    def embed_many(self, views: list[CachedView], chunk: int = 32) -> torch.Tensor:
+        """(N, D) descriptors of `views`, as `embed` computes them but batched: views whose frozen outputs have the
+        same shapes run the trained part together, `chunk` at a time (what bounds the memory a backward pass holds),
+        and every region vector of a scale is whitened by one matrix product. Equal to `embed` up to float
+        rounding; several times faster on CPU (one 20x15 map per convolution call leaves the cores idle)."""
+        n = len(views)
+        if n == 0:
+            return torch.zeros((0, self.whiten.basis.shape[0]))
+        regions: list[list[torch.Tensor]] = [list(v.regions) for v in views]
+        if views[0].inputs is not None:
+            groups: dict[tuple, list[int]] = {}
+            for i, v in enumerate(views):
+                groups.setdefault(tuple(tuple(x.shape) for x in v.inputs), []).append(i)
+            for idx in groups.values():
+                for c in range(0, len(idx), chunk):
+                    part = idx[c:c + chunk]
+                    for s in range(len(views[part[0]].inputs)):
+                        fmaps = self.split.trained(torch.cat([views[i].inputs[s] for i in part]))
+                        for j, i in enumerate(part):
+                            regions[i][s] = l2n(region_mac(fmaps[j], views[i].cells[s]))
+        total = 0
+        for s in range(len(views[0].cells)):
+            stacked = torch.cat([r[s] for r in regions])
+            owner = torch.repeat_interleave(torch.arange(n), torch.tensor([len(r[s]) for r in regions]))
+            whitened = l2n(self.whiten(stacked))
+            summed = torch.zeros((n, whitened.shape[1]), dtype=whitened.dtype).index_add(0, owner, whitened)
+            total = total + l2n(summed)
+        return l2n(total)
+
     @torch.no_grad()
     def embed_all(self, views: list[CachedView]) -> torch.Tensor:
         """(N, D) descriptors of many views, without gradients."""
-        return torch.stack([self.embed(v) for v in views]) if views else torch.zeros((0, self.whiten.basis.shape[0]))
+        return self.embed_many(views)
 
     def model_checkpoint(self, meta: dict) -> dict:
         """The trained model in the trunk's own checkpoint layout (every key, so the trunk's loader reads it

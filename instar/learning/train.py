@@ -8,9 +8,10 @@ and takes one SGD step (lr 1e-3, momentum 0.9, weight decay 5e-5). An epoch is `
 set is given, the mean update loss and the pool's loss, printed and kept in the history.
 
 The gradient of 64 tuples is accumulated without holding 64 x 3 graphs: the tuples' distinct images are embedded
-once without gradients, the loss's gradient with respect to those descriptors is taken, and each image is then
-embedded again with gradients and back-propagated with its descriptor's gradient. That is the exact gradient of
-the mean tuple loss (the network has no batch statistics or dropout), in the memory of one image.
+once without gradients, the loss's gradient with respect to those descriptors is taken, and the images are then
+embedded again with gradients, `GRAD_CHUNK` at a time, and back-propagated with their descriptors' gradients. That
+is the exact gradient of the mean tuple loss (the network has no batch statistics or dropout), in the memory of
+one chunk.
 
 Resuming (`state_path`): after every update the trained parameters, the optimiser's state (momentum), the step,
 the current mining round's tuples, the history and the random generator's state are written atomically; a run
@@ -43,6 +44,7 @@ from .rmac_net import CachedView, LearningError, RMACNet, cached_view, check_pre
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "instar-train-state/1"
+GRAD_CHUNK = 32  # images whose trained-part activations one backward pass holds
 CACHE_FORMAT = "instar-train-cache/1"
 
 Progress = Callable[..., Iterable]
@@ -322,16 +324,17 @@ class Trainer:
         uniq, inverse = np.unique(tuples[:, :k], return_inverse=True)
         local = tuples.copy()
         local[:, :k] = inverse.reshape(-1, k)
-        with torch.no_grad():
-            D0 = torch.stack([net.embed(views[i]) for i in uniq])
-        D = D0.clone().requires_grad_(True)
+        chosen = [views[i] for i in uniq]
+        D = net.embed_all(chosen).requires_grad_(True)
         loss = self.loss(D, local)
         loss.backward()
         grads = D.grad
         opt.zero_grad(set_to_none=False)
-        for j, i in enumerate(uniq):
-            if torch.any(grads[j] != 0):
-                net.embed(views[i]).backward(grads[j])
+        step = GRAD_CHUNK if self.split.trains else len(chosen)
+        for c in range(0, len(chosen), step):
+            g = grads[c:c + step]
+            if torch.any(g != 0):
+                (net.embed_many(chosen[c:c + step], chunk=step) * g).sum().backward()
         opt.step()
         return float(loss.detach())
 
