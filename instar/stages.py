@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
-from .features import cnn, efficientnet, local  # noqa: F401
+from . import asmk, expansion, filter, images, pooling, regions, rerank, spatial, whitening  # noqa: F401  (modules register their entries)
+from .features import cnn, deep_local, efficientnet, local  # noqa: F401
 from .regions import selective_search, sliding  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
                        TRAIN, TRUNKS, WHITENINGS, Registry)
@@ -60,6 +60,14 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
+        requires = getattr(entry, "requires", None)  # a search stage's own condition on what the index stores
+        why = requires(sections) if requires is not None else None
+        if why:
+            return why
+    regions = REGIONS.entry(sections["regions"]["method"])
+    if getattr(regions, "needs_trunk", False) and features.kind == "local" and "arch" not in features.params:
+        return (f"regions.method {regions.name!r} runs on a trunk's map; features.type {features.name!r} has none "
+                "(use a grid or selective search, or deep local features)")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
