@@ -53,9 +53,9 @@ def members_for(db, i: int, regions: tuple[str, int] | None):
     return region_members(db.points[i], boxes), len(boxes)
 
 
-def spatially_verified(ranks, scores, db, queries, words_db, words_q, centroids, top=100):
+def spatially_verified(ranks, scores, db, queries, words_db, words_q, centroids, top=100, **sp_params):
     """The `sp` re-ranker's rule on the top `top` of each ranking: inliers + filter score. (ranks, ms per query)."""
-    sp = SpatialVerification(top=top)
+    sp = SpatialVerification(top=top, **sp_params)
     dim = centroids.shape[1]
     codes_db = [pack_signs(d - centroids[w]) for d, w in zip(db.descriptors, words_db)]
     out, times = [], []
@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="preset override SECTION.KEY=VALUE")
     ap.add_argument("--only", default="", help="comma-separated method names to run (default: all)")
     ap.add_argument("--no-sp", action="store_true", help="skip the spatial verification rows")
+    ap.add_argument("--sp-threshold", type=float, default=20.0, help="SP RANSAC reprojection threshold, pixels")
+    ap.add_argument("--sp-min-similarity", type=float, default=0.25, help="SP: least sign similarity of a match")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.sets)
     ex = fitted_extractor(args.preset, args.train, args.cache, overrides)
@@ -157,11 +159,13 @@ def main() -> None:
         print(f"{name:38s} {label:>9s} {per_img:7.2f} {maps} {nbytes / base:8.2f} {nbytes / len(db.points):8.0f} "
               f"{ms:8.2f}", flush=True)
         if (name, regions) in SP_ROWS and not args.no_sp:
-            sp_ranks, sp_ms = spatially_verified(ranks, scores, db, queries, words_db, words_q, centroids)
+            sp_ranks, sp_ms = spatially_verified(ranks, scores, db, queries, words_db, words_q, centroids,
+                                                 threshold=args.sp_threshold, min_similarity=args.sp_min_similarity)
             sp_report = ds.evaluate(sp_ranks)
             maps = " ".join(f"{100 * sp_report.metrics[p]['map']:10.2f}" for p in protocols)
             print(f"{name + ' + SP (top 100)':38s} {label:>9s} {per_img:7.2f} {maps} {'':8s} {'':8s} "
-                  f"{ms + sp_ms:8.2f}  (SP alone {sp_ms:.1f} ms/query)", flush=True)
+                  f"{ms + sp_ms:8.2f}  (SP alone {sp_ms:.1f} ms/query; threshold {args.sp_threshold} px, "
+                  f"min_similarity {args.sp_min_similarity})", flush=True)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,6 @@ from .whitening import l2n  # noqa: E402
 
 BOXES = "asmk_boxes"
 LOCAL_WORDS, LOCAL_XY, LOCAL_CODES = "local_words", "local_xy", "local_codes"
-BOW_BINS = 1024  # the global vector: the bag-of-words histogram folded to at most this many bins
 
 
 @POOLINGS.register("asmk", choices={"kernel": KERNELS, "aggregation": AGGREGATIONS})
@@ -232,17 +231,21 @@ class ASMKPooling:
     learns = True
 
     def __init__(self, *, k: int = 1024, kernel: str = "asmk", binary: bool = True, aggregation: str = "image",
-                 points: bool = False, niter: int = 10, seed: int = 0, max_descriptors: int = 200_000):
+                 points: bool = False, global_bins: int = 256, niter: int = 10, seed: int = 0,
+                 max_descriptors: int = 200_000):
         if not 2 <= k <= 1 << 20:
             raise ValueError(f"pooling.k = {k}: a codebook of 2 to {1 << 20} visual words")
         if kernel == "vlad" and binary:
             raise ValueError("pooling.binary = true binarises ASMK's normalised residuals: set pooling.kernel = 'asmk' "
                              "or pooling.binary = false")
+        if global_bins < 1:
+            raise ValueError(f"pooling.global_bins = {global_bins}: the global bag-of-words vector needs at least one bin")
         if aggregation == "naive" and (kernel != "asmk" or binary):
             raise ValueError("pooling.aggregation = 'naive' is Naive-R-ASMK: it needs pooling.kernel = 'asmk' and "
                              "pooling.binary = false")
         self.k, self.kernel, self.binary, self.aggregation = k, kernel, binary, aggregation
-        self.points, self.niter, self.seed, self.max_descriptors = points, niter, seed, max_descriptors
+        self.points, self.global_bins = points, global_bins
+        self.niter, self.seed, self.max_descriptors = niter, seed, max_descriptors
         self.codebook: Codebook | None = None
 
     @property
@@ -285,9 +288,10 @@ class ASMKPooling:
         return memo[id(self.codebook)]
 
     def __call__(self, local, regions=None, whiten=None) -> np.ndarray:
-        """The image's global vector: its square-rooted bag-of-words histogram, folded to at most BOW_BINS bins
-        (word id mod BOW_BINS), L2-normalised -- cheap, and meaningful for k-NN and query expansion."""
-        bins = min(self.k, BOW_BINS)
+        """The image's global vector: its square-rooted bag-of-words histogram folded to `global_bins` bins (word
+        id mod bins), L2-normalised -- cheap (1 KB at 256 bins, less than the ASMK* entries of an image), and
+        meaningful for k-NN and query expansion, which search the global vectors."""
+        bins = min(self.k, self.global_bins)
         h = np.bincount(self.words_of(local) % bins, minlength=bins).astype(np.float32)
         return l2n(np.sqrt(h))
 
