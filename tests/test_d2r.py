@@ -102,9 +102,10 @@ def test_spatial_verification_finds_a_known_affine_warp_and_localises_it(tmp_pat
 FAST = {
     "asmk-rootsift": ["pooling.k=8", "features.max_keypoints=200", "image.max_size=200", "train.max_images=6"],
 }
-LITE = ["pooling.k=8", "features.max_features=60", "features.dim=16", "image.max_size=160", "train.max_images=6"]
+LITE = ["pooling.k=8", "features.max_features=60", "features.dim=16", "features.scales=1", "image.max_size=160",
+        "train.max_images=6"]
 for _name in ("asmk-star-lite0", "d2r-r-asmk-star-lite0", "d2r-r-asmk-star-lite0-sp"):
-    FAST[_name] = LITE + (["regions.top=3"] if "d2r" in _name else [])
+    FAST[_name] = LITE + (["regions.top=3", "regions.max_side=96"] if "d2r" in _name else [])
 
 
 @pytest.fixture(scope="module")
