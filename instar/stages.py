@@ -6,7 +6,7 @@ from typing import Any
 
 from . import asmk, expansion, filter, images, pooling, regions, rerank, spatial, whitening  # noqa: F401  (modules register their entries)
 from .features import cnn, deep_local, efficientnet, local  # noqa: F401
-from .regions import selective_search, sliding  # noqa: F401
+from .regions import rpn, selective_search, sliding  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
                        TRAIN, TRUNKS, WHITENINGS, Registry)
 
@@ -65,9 +65,16 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if why:
             return why
     regions = REGIONS.entry(sections["regions"]["method"])
-    if getattr(regions, "needs_trunk", False) and features.kind == "local" and "arch" not in features.params:
-        return (f"regions.method {regions.name!r} runs on a trunk's map; features.type {features.name!r} has none "
-                "(use a grid or selective search, or deep local features)")
+    if getattr(regions, "needs_trunk", False):
+        if features.kind == "local" and "arch" not in features.params:
+            return (f"regions.method {regions.name!r} runs on a trunk's map; features.type {features.name!r} has none "
+                    "(use a grid or selective search, or deep local features)")
+        # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
+        for key in ("arch", "layer"):
+            want, have = sections["regions"][key], sections["features"][key]
+            if have and want != have:
+                return (f"regions.{key} {want!r} (the trunk the {regions.name} head was trained on) does not match "
+                        f"features.{key} {have!r}")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers

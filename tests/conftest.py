@@ -40,3 +40,34 @@ def fast_preset():
     """The weight-free default preset, scaled down for tests (small codebook, few keypoints)."""
     from instar.presets import load_preset
     return load_preset("rootsift-vlad").with_overrides({"pooling.k": "8", "features.max_keypoints": "300", "image.max_size": "256"})
+
+
+# --- `instar serve` on 127.0.0.1 (tests/serving.py): one server per index, shared by the service tests -----
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, photos):
+    """A real server over the photos indexed with the fast default preset (global descriptors: whole-image
+    boxes), with a bearer token, the photos' folder allowed for POST /images, a 1 MiB body limit and a 4 MP
+    pixel limit (so limits are hit with small files)."""
+    from serving import FAST, build_index, start_server
+    work = tmp_path_factory.mktemp("served")
+    index = build_index(work / "photos.index", photos, "rootsift-vlad", FAST)
+    allowed = work / "allowed"
+    allowed.mkdir()
+    server = start_server(index, work, token="test-token",
+                          extra=["--allow-folder", str(allowed), "--max-upload-mb", "1", "--max-k", "50"],
+                          env={"INSTAR_MAX_PIXELS": "4000000"})
+    server.allowed = allowed
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_regions(tmp_path_factory, photos):
+    """A real server over the photos indexed with a CNN preset that stores region boxes (random VGG16, R-MAC
+    regions, RPA-max, CA-SR re-ranking): hits carry boxes that are not the whole image."""
+    from serving import REGIONS, build_index, start_server
+    work = tmp_path_factory.mktemp("served-regions")
+    index = build_index(work / "regions.index", photos, "mac", REGIONS)
+    server = start_server(index, work)
+    yield server
+    server.stop()
