@@ -9,9 +9,10 @@ are described once (benchmarks/local_features_cache.py) and every row is compute
 instar's own components: `instar.asmk.aggregate` (what the `asmk` pooling stores), the inverted file
 (`instar.inverted_file`, what the `asmk` filter searches) and `instar.asmk.reduce_items` (eq. 3 / 4 pooling).
 
-Regions: the whole image is always region 1; "SS n" adds the first n selective-search boxes (Detect-to-Retrieve's
-SS baseline takes the top {1, 2, 5, 10}); "RMAC-B L" the R-MAC grid of L levels. Learned (detector) proposals are
-not in this branch (the `rpn` regions entry is being built elsewhere): selective search stands in for them.
+Regions: the whole image is always region 1; "RPN n" (the D2R rows) adds the n best learned proposals (the `rpn`
+regions entry with its packaged head: EfficientNet-Lite0 stride-32 map, trained on smvs-dvd-covers covers 001-050;
+the paper varies its detector's threshold, we vary the count); "SS n" the first n selective-search boxes
+(Detect-to-Retrieve's SS baseline takes the top {1, 2, 5, 10}); "RMAC-B L" the R-MAC grid of L levels.
 
 Relative size: bytes of the stored aggregated representation (per entry: word id 4 B + residual (packed bits
 D/8 B, or D float32) + region id 2 B when regions are stored separately; per item: gamma 4 B) over the same for
@@ -27,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from local_features_cache import describe_dataset, fitted_extractor
+from local_features_cache import describe_dataset, fitted_extractor, rpn_boxes
 
 from instar.asmk import aggregate, pack_signs, reduce_items, region_members, with_whole_image
 from instar.inverted_file import from_aggregated
 from instar.spatial import SpatialVerification
 
 SS_COUNTS = (1, 2, 5, 10, 20, 50)
-SP_ROWS = {("ASMK*", None), ("SS-R-ASMK*", ("ss", 5))}  # rows also re-ranked by spatial verification
+SP_ROWS = {("ASMK*", None), ("D2R-R-ASMK*", ("rpn", 5))}  # rows also re-ranked by spatial verification
 
 
 def bytes_of(aggs, separate: bool) -> int:
@@ -48,7 +49,10 @@ def members_for(db, i: int, regions: tuple[str, int] | None):
     if regions is None:
         return None, 1
     kind, n = regions
-    boxes = db.ss[i][:n] if kind == "ss" else db.rmac[n][i]
+    if kind == "rpn":  # the whole image, then the n best proposals
+        boxes = db.rpn[i][:n + 1]
+    else:
+        boxes = db.ss[i][:n] if kind == "ss" else db.rmac[n][i]
     boxes = with_whole_image(boxes, tuple(db.sizes[i]))
     return region_members(db.points[i], boxes), len(boxes)
 
@@ -62,9 +66,9 @@ def spatially_verified(ranks, scores, db, queries, words_db, words_q, centroids,
     for j, (r, sc) in enumerate(zip(ranks, scores)):
         q = (words_q[j], pack_signs(queries.descriptors[j] - centroids[words_q[j]]), queries.points[j][:, :2])
         t0 = time.perf_counter()
-        head = r[:top]
+        head = r[:top]  # image indices, best first; sc holds their filter scores in the same order
         inl = np.array([sp.verify_pair(q, (words_db[i], codes_db[i], db.points[i][:, :2]), dim)[0] for i in head])
-        new = inl + sc[head]
+        new = inl + sc[:len(head)]
         order = np.argsort(-new, kind="stable")
         out.append(np.concatenate([head[order], r[top:]]))
         times.append(time.perf_counter() - t0)
@@ -95,26 +99,28 @@ def evaluate(ds, db, queries, words_db, words_q, centroids, *, kernel, binary, a
             np.stack(ranks), np.stack(image_scores))
 
 
-def configurations():
+def configurations(kinds=("rpn", "ss")):
     yield "ASMK*", "asmk", True, "image", None, "max"
     yield "ASMK", "asmk", False, "image", None, "max"
     yield "VLAD", "vlad", False, "image", None, "max"
-    for n in (1, 2, 5, 10):
-        yield "SS-ASMK* (regional search, max)", "asmk", True, "separate", ("ss", n), "max"
-    for n in (1, 2, 5, 10):
-        yield "SS_AVG-ASMK* (regional search, mean)", "asmk", True, "separate", ("ss", n), "mean"
     for lv in (1, 2, 3):
         yield "RMACB-ASMK* (regional search, max)", "asmk", True, "separate", ("rmac", lv), "max"
-    for n in SS_COUNTS:
-        yield "SS-R-ASMK*", "asmk", True, "regions", ("ss", n), "max"
     for lv in (1, 2, 3):
         yield "RMACB-R-ASMK*", "asmk", True, "regions", ("rmac", lv), "max"
-    for n in SS_COUNTS:
-        yield "SS-R-ASMK", "asmk", False, "regions", ("ss", n), "max"
-    for n in SS_COUNTS:
-        yield "SS-Naive-R-ASMK", "asmk", False, "naive", ("ss", n), "max"
-    for n in SS_COUNTS:
-        yield "SS-R-VLAD", "vlad", False, "regions", ("ss", n), "max"
+    for kind in kinds:
+        tag = "D2R" if kind == "rpn" else "SS"
+        for n in (1, 2, 5, 10):
+            yield f"{tag}-ASMK* (regional search, max)", "asmk", True, "separate", (kind, n), "max"
+        for n in (1, 2, 5, 10):
+            yield f"{tag}_AVG-ASMK* (regional search, mean)", "asmk", True, "separate", (kind, n), "mean"
+        for n in SS_COUNTS:
+            yield f"{tag}-R-ASMK*", "asmk", True, "regions", (kind, n), "max"
+        for n in SS_COUNTS:
+            yield f"{tag}-R-ASMK", "asmk", False, "regions", (kind, n), "max"
+        for n in SS_COUNTS:
+            yield f"{tag}-Naive-R-ASMK", "asmk", False, "naive", (kind, n), "max"
+        for n in SS_COUNTS:
+            yield f"{tag}-R-VLAD", "vlad", False, "regions", (kind, n), "max"
 
 
 def main() -> None:
@@ -134,13 +140,14 @@ def main() -> None:
     ex = fitted_extractor(args.preset, args.train, args.cache, overrides)
     tag = ex.preset.name + ("-" + hashlib.sha1(ex.preset.extraction_toml().encode()).hexdigest()[:8] if overrides else "")
     ds, db, queries = describe_dataset(ex, args.dataset, args.data, args.cache, tag)
+    db.rpn = rpn_boxes(args.dataset, args.data, args.cache, ex.preset["image"]["max_size"])
     centroids = ex.pooling.codebook.centroids
     words_db = [ex.pooling.codebook.assign(d) for d in db.descriptors]
     words_q = [ex.pooling.codebook.assign(d) for d in queries.descriptors]
     print(f"{args.dataset} (subset results) | features of preset {ex.preset.name} | codebook {len(centroids)} words, "
           f"PCA/codebook trained on {args.train} ({ex.preset['train']['max_images']} images at most) | "
           f"{np.mean([len(p) for p in db.points]):.0f} local features per database image")
-    protocols = [p for p in ("medium", "hard") if p in ds.evaluate(np.tile(np.arange(len(ds.database)), (len(ds.queries), 1))).metrics]
+    protocols = [p for p in ("medium", "hard", "all") if p in ds.evaluate(np.tile(np.arange(len(ds.database)), (len(ds.queries), 1))).metrics]
     head = f"{'method':38s} {'regions':>9s} {'reg/img':>7s} " + " ".join(f"{'mAP ' + p:>10s}" for p in protocols) + \
         f" {'rel.size':>8s} {'B/img':>8s} {'ms/query':>8s}"
     print(head)
@@ -154,7 +161,7 @@ def main() -> None:
             regions=regions, pooling=pooling)
         if base is None:
             base = nbytes
-        label = "-" if regions is None else (f"SS {regions[1]}" if regions[0] == "ss" else f"RMAC-B {regions[1]}")
+        label = "-" if regions is None else f"{ {'ss': 'SS', 'rpn': 'RPN', 'rmac': 'RMAC-B'}[regions[0]]} {regions[1]}"
         maps = " ".join(f"{100 * report.metrics[p]['map']:10.2f}" for p in protocols)
         print(f"{name:38s} {label:>9s} {per_img:7.2f} {maps} {nbytes / base:8.2f} {nbytes / len(db.points):8.0f} "
               f"{ms:8.2f}", flush=True)

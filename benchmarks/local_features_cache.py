@@ -39,6 +39,7 @@ class Described:
     sizes: np.ndarray               # (n, 2) described (W, H)
     ss: list[np.ndarray] | None = None     # per database image (<= MAX_SS, 4) selective-search boxes
     rmac: dict | None = None               # levels -> per database image (R, 4) grid boxes
+    rpn: list[np.ndarray] | None = None    # per database image: the whole image, then RPN proposals best first
 
 
 def _progress(it, desc=""):
@@ -94,6 +95,34 @@ def _load(path: Path) -> Described:
             d.ss = _split(z["ss"], z["ss_n"])
             d.rmac = {lv: _split(z[f"rmac{lv}"], z[f"rmac{lv}_n"]) for lv in RMAC_LEVELS}
     return d
+
+
+def rpn_boxes(dataset: str, data: Path, cache: Path, max_size: int, top: int = MAX_SS) -> list[np.ndarray]:
+    """Learned proposals of every database image, best first (the whole image first): the `rpn` regions entry with
+    its packaged head (EfficientNet-Lite0 stride-32 map, trained on smvs-dvd-covers covers 001-050), `top` kept,
+    in the pixels of the image prepared at `max_size`."""
+    path = cache / f"{dataset}-rpn{top}-{max_size}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return _split(z["boxes"], z["n"])
+    from instar.features.cnn import feature_maps
+    from instar.regions import MapGeometry
+    from instar.regions.rpn import RPNProposals
+    ds = load_dataset(dataset, data=data)
+    stage = RPNProposals(top=top)
+    from instar.registry import TRUNKS
+    model, _ = TRUNKS.entry(stage.arch).factory("imagenet", stage.layer, None)
+    out = []
+    t0 = time.perf_counter()
+    for p in _progress(ds.database, desc=f"{dataset} RPN proposals"):
+        image = imgs.fit_image(imgs.load_image(p), max_size, path=p)
+        fmap = feature_maps(model, image, (1.0,))[0]
+        geometry = MapGeometry.of(image.size, (fmap.shape[-1], fmap.shape[-2]), model.stride)
+        out.append(stage(fmap, geometry, image).pixels.astype(np.float32))
+    print(f"RPN proposals of {len(out)} database images in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, boxes=np.concatenate(out), n=np.array([len(b) for b in out]))
+    return out
 
 
 def describe_dataset(ex: Extractor, dataset: str, data: Path, cache: Path, tag: str):

@@ -105,7 +105,7 @@ FAST = {
 LITE = ["pooling.k=8", "features.max_features=60", "features.dim=16", "features.scales=1", "image.max_size=160",
         "train.max_images=6"]
 for _name in ("asmk-star-lite0", "d2r-r-asmk-star-lite0", "d2r-r-asmk-star-lite0-sp"):
-    FAST[_name] = LITE + (["regions.top=3", "regions.max_side=96"] if "d2r" in _name else [])
+    FAST[_name] = LITE + (["regions.top=3"] if "d2r" in _name else [])
 
 
 @pytest.fixture(scope="module")
