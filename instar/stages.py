@@ -83,6 +83,19 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
     return None
 
 
+def fitting_entries(sections: dict[str, dict[str, Any]], section: str) -> list[str]:
+    """The entries of `section` (with their default parameters) that fit the other sections, i.e. that
+    `incompatibility` accepts: what a search-time section of an existing index can be switched to."""
+    registry = SECTIONS[section]
+    out = []
+    for name in registry.names():
+        trial = dict(sections)
+        trial[section] = {registry.selector: name, **registry.entry(name).params}
+        if incompatibility(trial) is None:
+            out.append(name)
+    return out
+
+
 def learns(sections: dict[str, dict[str, Any]]) -> bool:
     """Whether any chosen stage is learned from training images."""
     return any(getattr(reg.entry(sections[name][reg.selector] if reg.selector else reg.default), "learns", False)
