@@ -200,3 +200,19 @@ def test_add_and_remove_through_a_real_index(tmp_path, photos):
     hits = search(index, q, k=20)
     assert hits[0].name == "coffee.jpg" and len(hits) == len(files)
     index.close()
+
+
+def test_search_stages_state_what_the_index_must_store():
+    from instar.presets import PresetError, load_preset
+    from instar.stages import fitting_entries
+    with pytest.raises(PresetError, match="filter.method 'asmk' searches aggregated local features"):
+        load_preset("rootsift-vlad").with_overrides({"filter.method": "asmk"})
+    with pytest.raises(PresetError, match="pooling.points = true"):
+        load_preset("asmk-star-lite0").with_overrides({"rerank.method": "sp"})
+    assert fitting_entries(load_preset("rootsift-vlad").sections, "rerank") == ["none"]
+    assert "asmk" not in fitting_entries(load_preset("rootsift-vlad").sections, "filter")
+    assert set(fitting_entries(load_preset("d2r-r-asmk-star-lite0-sp").sections, "rerank")) == {"none", "sp"}
+    assert {"knn", "asmk"} <= set(fitting_entries(load_preset("asmk-star-lite0").sections, "filter"))
+    from instar.extractor import Extractor
+    with pytest.raises(ValueError, match="Naive-R-ASMK"):  # refused when the stage is built (index creation)
+        Extractor(load_preset("asmk-rootsift").with_overrides({"pooling.aggregation": "naive", "pooling.binary": "true"}))
