@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rpn", default=DEFAULT_WEIGHTS, help="RPN weights (packaged:NAME or a .pth)")
     ap.add_argument("--counts", default="1,5,10,20,50,100,300")
     ap.add_argument("--max-size", type=int, default=1024)
+    ap.add_argument("--layer", default="stride32", help="Lite0 tap the RPN was trained on (stride32, head)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N photos (quick runs)")
     args = ap.parse_args()
 
@@ -58,12 +59,12 @@ def main() -> None:
     if args.limit:
         photos = photos[:args.limit]
     methods = {
-        "rpn": REGIONS.build("rpn", weights=args.rpn, top=300),
+        "rpn": REGIONS.build("rpn", weights=args.rpn, layer=args.layer, top=300),
         "rmac (levels 3)": REGIONS.build("rmac", levels=3),
         "sliding (0.6)": REGIONS.build("sliding", overlap=0.6),
         "selective search": REGIONS.build("selective-search", top=300),
     }
-    model, _ = load_efficientnet_lite("efficientnet-lite0", "imagenet", "stride32")
+    model, _ = load_efficientnet_lite("efficientnet-lite0", "imagenet", args.layer)
     best = {(m, kind): [] for m in methods for kind in ("pixels", "cells")}  # per photo: (R,) running max IoU
     sizes = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
@@ -85,7 +86,7 @@ def main() -> None:
 
     print(f"smvs-dvd-covers (real SMVS DVD category), phone photos of objects {args.objects}: {len(photos)} with a "
           f"matching-derived box" + (f" ({len(missing)} without one left out)" if missing else "")
-          + f"; Lite0 stride-32 ImageNet maps, longest side {args.max_size}; RPN weights {args.rpn}")
+          + f"; Lite0 {args.layer} ImageNet maps, longest side {args.max_size}; RPN weights {args.rpn}")
     print("regions per photo (mean) and time per photo (median, regions stage only): " + "; ".join(
         f"{m} {statistics.mean(sizes[m]):.0f}, {1000 * statistics.median(seconds[m]):.1f} ms" for m in methods))
     for kind, what in (("pixels", "pixel boxes"), ("cells", "boxes snapped to stride-32 cells (as pooled)")):

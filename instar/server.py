@@ -65,8 +65,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import images as imgs
 from .index import DATABASE, MODEL, Index, IndexError_
 from .presets import PresetError
-from .registry import EXPANSIONS, FILTERS, RERANKERS
 from .search import SEARCH_SECTIONS, search
+from .stages import fitting_entries
 from .store import Store, StoreBusy, StoreError, connect
 
 log = logging.getLogger(__name__)
@@ -731,10 +731,8 @@ class Service:
                                 learned=list(self.extractor.learned), trained_on=idx.meta("trained_on"),
                                 created_at=created if created is not None and math.isfinite(created) else None)
         stores = self.extractor.stores_regions
-        choices = {}
-        for section, registry in (("filter", FILTERS), ("rerank", RERANKERS), ("expansion", EXPANSIONS)):
-            choices[section] = [n for n in registry.names()
-                                if stores or not getattr(registry.entry(n), "needs_regions", False)]
+        # the entries the index's stored data allow (e.g. no ca-sr without regions, no sp without local positions)
+        choices = {section: fitting_entries(preset.sections, section) for section in ("filter", "rerank", "expansion")}
         return StatsResponse(
             images=snap.n_live, removed=len(snap.removed), rows=snap.n_rows, dim=idx.dim, failures=len(idx.failures()),
             stores_regions=stores,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
-from .features import cnn, efficientnet, local  # noqa: F401
+from . import asmk, expansion, filter, images, pooling, regions, rerank, spatial, whitening  # noqa: F401  (modules register their entries)
+from .features import cnn, deep_local, efficientnet, local  # noqa: F401
 from .regions import rpn, selective_search, sliding  # noqa: F401
 from .learning import cssr, stored_whitening  # noqa: F401
 from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
@@ -65,8 +65,15 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if allowed and sections["region_pooling"]["method"] not in allowed:
             return (f"{section}.method {entry.name!r} reads {' or '.join(allowed)}-pooled region descriptors: set "
                     f"region_pooling.method = {allowed[0]!r}")
+        requires = getattr(entry, "requires", None)  # a search stage's own condition on what the index stores
+        why = requires(sections) if requires is not None else None
+        if why:
+            return why
     regions = REGIONS.entry(sections["regions"]["method"])
-    if getattr(regions, "needs_trunk", False) and features.kind == "maps":
+    if getattr(regions, "needs_trunk", False):
+        if features.kind == "local" and "arch" not in features.params:
+            return (f"regions.method {regions.name!r} runs on a trunk's map; features.type {features.name!r} has none "
+                    "(use a grid or selective search, or deep local features)")
         # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
         for key in ("arch", "layer"):
             want, have = sections["regions"][key], sections["features"][key]
@@ -79,6 +86,19 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if layer and layer not in layers:
             return f"features.layer {layer!r} is not a layer of {arch} (its layers: {', '.join(layers)})"
     return None
+
+
+def fitting_entries(sections: dict[str, dict[str, Any]], section: str) -> list[str]:
+    """The entries of `section` (with their default parameters) that fit the other sections, i.e. that
+    `incompatibility` accepts: what a search-time section of an existing index can be switched to."""
+    registry = SECTIONS[section]
+    out = []
+    for name in registry.names():
+        trial = dict(sections)
+        trial[section] = {registry.selector: name, **registry.entry(name).params}
+        if incompatibility(trial) is None:
+            out.append(name)
+    return out
 
 
 def learns(sections: dict[str, dict[str, Any]]) -> bool:

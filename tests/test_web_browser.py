@@ -2,8 +2,6 @@
 through the file input, draw the query box with mouse (or touch) pointer events on the canvas, search, and
 check that the first hit is the expected photo and that every hit's box overlay lies where the API's box
 says, scaled to the displayed thumbnail (within 2 px). Screenshots go to pytest's tmp_path, never the repo."""
-import shutil
-
 import httpx
 import pytest
 from PIL import Image
@@ -13,27 +11,7 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.actions.pointer_input import PointerInput
 from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 TOLERANCE = 2  # px
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
-        "headless Chromium is needed: apt-get install chromium chromium-driver (make test does it as root)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1200,900"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    yield driver
-    driver.quit()
 
 
 def viewport(driver, width: int, height: int, *, mobile: bool = False) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..features.cnn import WeightsError, _read_checkpoint
+from ..features.cnn import WeightsError, _read_checkpoint, random_seed
 from ..registry import REGIONS
 from . import MapGeometry, Regions
 
@@ -258,14 +258,8 @@ def load_rpn(weights: str, *, arch: str = "efficientnet-lite0", layer: str = "st
     `arch` / `layer` trunk tap. Raises WeightsError naming the file and the problem."""
     if not isinstance(weights, str) or not weights:
         raise WeightsError(f"RPN weights must be 'packaged:NAME', a .pth path or 'random:SEED'; got {weights!r}")
-    if weights == "random" or weights.startswith("random:"):
-        _, sep, seed_s = weights.partition(":")
-        try:
-            seed = int(seed_s)
-        except ValueError:
-            seed = None
-        if not sep or seed is None:
-            raise WeightsError(f"random RPN weights need an integer seed, e.g. 'random:0'; got {weights!r}")
+    seed = random_seed(weights, "RPN weights")
+    if seed is not None:
         meta = {"format": FORMAT, "arch": arch, "layer": layer, "in_channels": None, "hidden": hidden,
                 "anchor_scales": list(ANCHOR_SCALES), "anchor_ratios": list(ANCHOR_RATIOS), "trained_on": []}
         return RPN(None, meta, weights, seed=seed)
