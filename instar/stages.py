@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
+from . import coding  # noqa: F401
 from .features import cnn, efficientnet, local  # noqa: F401
 from .regions import selective_search, sliding  # noqa: F401
-from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
-                       TRAIN, TRUNKS, WHITENINGS, Registry)
+from .registry import (CODINGS, EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS,
+                       SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry)
 
 SECTIONS: dict[str, Registry] = {
     "image": IMAGE,
@@ -17,6 +18,7 @@ SECTIONS: dict[str, Registry] = {
     "pooling": POOLINGS,
     "whitening": WHITENINGS,
     "region_pooling": REGION_POOLINGS,
+    "coding": CODINGS,
     "train": TRAIN,
     "search": SEARCH,
     "filter": FILTERS,
@@ -55,11 +57,18 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         return (f"region_pooling.method {region_pool.name!r} does not fit features.type {features.name!r} "
                 f"({region_pool.name} pools {region_pool.input_kind}, {features.name} gives {features.kind})")
     stores = region_pool.stores_regions
-    for section, registry in (("filter", FILTERS), ("rerank", RERANKERS)):
+    coding = CODINGS.entry(sections["coding"]["method"])
+    if coding.learns and not stores:
+        return (f"coding.method {coding.name!r} is learned on, and codes, region descriptors: set "
+                "region_pooling.method (e.g. 'max')")
+    for section, registry in (("filter", FILTERS), ("rerank", RERANKERS), ("expansion", EXPANSIONS)):
         entry = registry.entry(sections[section]["method"])
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
+        if getattr(entry, "needs_codes", False) and not coding.learns:
+            return (f"{section}.method {entry.name!r} compares binary codes: set coding.method "
+                    "(e.g. 'drh') so that the index stores them")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
