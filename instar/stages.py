@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
-from . import coding  # noqa: F401
+from . import coding, drh  # noqa: F401
 from .features import cnn, efficientnet, local  # noqa: F401
 from .regions import selective_search, sliding  # noqa: F401
 from .registry import (CODINGS, EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS,
