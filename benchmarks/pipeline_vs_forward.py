@@ -79,9 +79,8 @@ def main() -> None:
         resize = [timed(lambda im=im: resize_longest(im, preset["image"]["max_size"])) for im in images]
         small = [ex.load(p) for p in paths]
         to_tensor = [timed(lambda im=im: scaled_inputs(model, im, scales)) for im in small]
-        maps = [ex.features(im) for im in small[:8]]
-        pool = [timed(lambda m=m: ex.whitening.apply(ex._pooled(m)) if not ex.pooling.whitens_regions else ex._pooled(m))
-                for m in maps]
+        bound = [ex.views_and_regions(im) for im in small[:8]]
+        pool = [timed(lambda vr=vr: ex._vector(*vr)) for vr in bound]
         mp, mb = statistics.median(pipe), statistics.median(bare)
         ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
         print(f"{name:14s} {1 / mp:14.2f} {1 / mb:10.2f} {mb / mp:6.2f}   "

@@ -210,7 +210,7 @@ def eval_(dataset: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k
           preset: str = typer.Option(DEFAULT_PRESET, help="Preset name or .toml file."),
           train: Optional[Path] = typer.Option(None, help="Separate image folder for codebook / whitening (default: the database itself, reported as such)."),
           workdir: Optional[Path] = typer.Option(None, help="Keep the index here (resumable, reused)."),
-          expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
+          expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
           as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
@@ -280,6 +280,122 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
     positives = _folder_positives(collection, q.name)
     page = write_hits_html(out / "hits.html", q.image, q.box, hits, title=f"instar demo: query {q.name}", positives=positives)
     typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
+
+
+@app.command()
+def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+          port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+          token: Optional[str] = typer.Option(None, envvar="INSTAR_TOKEN", show_envvar=True,
+                                              help="Bearer token required by POST /images and DELETE /images/{id}."),
+          allow_folder: Optional[list[Path]] = typer.Option(None, "--allow-folder",
+                                                            help="Let POST /images add server-side folders inside DIR (repeatable)."),
+          max_upload_mb: float = typer.Option(32, help="Largest request body, in MiB."),
+          max_k: int = typer.Option(1000, min=1, help="Most hits one search returns."),
+          workers: Optional[int] = typer.Option(None, min=1, help="Search threads (default: one per core, at most 4)."),
+          torch_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per forward (default: cores / workers)."),
+          log_level: str = typer.Option("info", help="uvicorn's log level (warning: no access log).")):
+    """Serve the index over HTTP: the search page at /, the API at /search, /images, /stats (docs at /docs)."""
+    import uvicorn
+
+    from .server import create_app
+    if not max_upload_mb > 0:
+        _fail(f"--max-upload-mb {max_upload_mb}: must be positive")
+    try:
+        api = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k,
+                         allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads)
+    except (IndexError_, PresetError, ValueError, OSError) as e:
+        _fail(str(e))
+    service = api.state.service
+    typer.echo(f"serving {index_dir} ({len(service.index())} images, preset {service.extractor.preset.name}) on "
+               f"http://{host}:{port}/ ; {service.workers} search threads x {service.torch_threads} torch threads; "
+               f"changes {'need the bearer token' if service.token else 'are open to anyone who can connect'}",
+               err=True)
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
+@app.command("estimate-boxes")
+def estimate_boxes(folder: Path = typer.Argument(..., metavar="DIR", help="One sub-folder per object, or (with --reference-folder) folders of views named by object id."),
+                   out: Path = typer.Option(..., "--out", "-o", help="JSON file to write: {relative image path: {box, inliers}}."),
+                   reference_folder: Optional[str] = typer.Option(None, "--reference-folder", help="Sub-folder of DIR holding one reference per object (e.g. Reference); views elsewhere are named like their reference (Canon/001.jpg)."),
+                   mode: str = typer.Option("auto", help="frame (project the reference's whole frame: flat objects), inliers (box the verified keypoints), or auto: frame with --reference-folder, else inliers."),
+                   min_inliers: int = typer.Option(15, help="Fewest RANSAC inliers that make a box."),
+                   quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Estimate each image's object box by RootSIFT matching verified by a RANSAC homography, and write them as a
+    ground-truth JSON file (boxes in the original images' pixels, null where matching failed)."""
+    from .matching import MatchingError, boxes_from_object_folders, boxes_from_references, write_boxes_json
+    if mode not in ("auto", "frame", "inliers"):
+        _fail(f"--mode {mode!r}: expected auto, frame or inliers")
+    if min_inliers < 4:
+        _fail(f"--min-inliers {min_inliers}: a homography needs at least 4")
+    if mode == "frame" and reference_folder is None:
+        _fail(f"{folder}: --mode frame projects a reference's frame: name the references with --reference-folder")
+    if out.is_dir():
+        _fail(f"{out}: is a folder; give the boxes file a name, e.g. boxes.json")
+    problems: list[tuple[Path, str]] = []
+    try:
+        if reference_folder is not None:
+            records = boxes_from_references(folder, reference_folder, mode="frame" if mode == "auto" else mode,
+                                            min_inliers=min_inliers, progress=_progress(quiet), problems=problems)
+        else:
+            records = boxes_from_object_folders(folder, min_inliers=min_inliers, progress=_progress(quiet),
+                                                problems=problems)
+    except (MatchingError, FileNotFoundError) as e:
+        _fail(str(e))
+    _print_skipped(problems)
+    if not records:
+        _fail(f"{folder}: no image could be read")
+    try:
+        write_boxes_json(records, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write the boxes file ({e.strerror or e})")
+    estimated = [r for r in records.values() if not r.reference]
+    found = sum(r.box is not None for r in estimated)
+    refs = len(records) - len(estimated)
+    typer.echo(f"{out}: boxes for {found} of {len(estimated)} images" + (f" (plus {refs} references, whole frame)" if refs else ""))
+
+
+@app.command("train-proposals")
+def train_proposals(folder: Path = typer.Argument(..., metavar="DIR", help="Images: one sub-folder per object (boxes estimated by matching within each), or the root the --boxes paths are relative to."),
+                    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pth), usable as regions.weights of the rpn entry."),
+                    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes JSON (as estimate-boxes writes it) instead of matching."),
+                    include: Optional[list[str]] = typer.Option(None, "--include", help="Train only on images whose relative path matches this glob (repeatable), e.g. '*/0[0-4]?.jpg'."),
+                    epochs: int = typer.Option(30, "--epochs", help="Passes over the training images."),
+                    arch: str = typer.Option("efficientnet-lite0", help="Trunk whose map the head learns on (frozen)."),
+                    layer: str = typer.Option("stride32", help="The trunk's tap."),
+                    weights: str = typer.Option("imagenet", "--weights", help="Trunk weights: imagenet, random:SEED or a .pth."),
+                    max_size: int = typer.Option(1024, help="Images are shrunk to this longest side first, as the image stage does."),
+                    hidden: int = typer.Option(128, help="Channels of the head's 3x3 conv."),
+                    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+                    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also train on horizontal flips."),
+                    seed: int = typer.Option(0, help="Seed of the head's init and the anchor sampling."),
+                    quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Train a region proposal network head (3x3 conv, objectness and box-regression 1x1 convs over 9 anchors per
+    cell) on a frozen trunk's map, from boxes estimated by matching; prints the loss per epoch."""
+    from .features.cnn import WeightsError
+    from .matching import MatchingError
+    from .regions.rpn_train import TrainingError, collect_samples, save_checkpoint, train_rpn
+    if epochs < 1:
+        _fail(f"--epochs {epochs}: must be at least 1")
+    if out.is_dir():
+        _fail(f"{out}: is a folder; give the checkpoint a file name, e.g. rpn.pth")
+    problems: list[tuple[Path, str]] = []
+    try:
+        samples = collect_samples(folder, boxes, include=include or (), progress=_progress(quiet), problems=problems)
+        _print_skipped(problems)
+        typer.echo(f"training on {len(samples)} images with boxes", err=True)
+        unreadable: list[tuple[Path, str]] = []
+        ckpt = train_rpn(samples, arch=arch, layer=layer, weights=weights, max_size=max_size, epochs=epochs,
+                         hidden=hidden, lr=lr, flip=flip, seed=seed, progress=_progress(quiet),
+                         log=lambda line: typer.echo(line), problems=unreadable)
+        _print_skipped(unreadable)
+    except (MatchingError, TrainingError, WeightsError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    try:
+        save_checkpoint(ckpt, out)
+    except OSError as e:
+        _fail(f"{out}: cannot write the checkpoint ({e.strerror or e})")
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
 def _folder_positives(collection: Path, query_name: str) -> set[str]:

@@ -85,6 +85,11 @@ class Extractor:
         """Per-image data an index of this extractor stores, beyond the global vector and the regions."""
         return [c for st in self.stages.values() if hasattr(st, "columns") for c in st.columns()]
 
+    def pixel_columns(self) -> list[str]:
+        """Those of `columns()` whose items are pixel coordinates of the described image, x and y alternating
+        ([x, y] points, [x0, y0, x1, y1] boxes): an index scales them to the original image, like region boxes."""
+        return [name for st in self.stages.values() for name in getattr(st, "pixel_columns", ())]
+
     @property
     def model(self):
         """The CNN trunk of a map-features preset, loaded on first use."""
@@ -104,11 +109,13 @@ class Extractor:
         """Whether each image also gets region boxes and region descriptors."""
         return self.region_pooling.stores_regions
 
-    def regions_of(self, image, maps) -> Callable[[object], Regions]:
-        """The regions stage bound to one image: a (C, h, w) map of it (any of its scales) -> `Regions`."""
+    def regions_of(self, image, maps, stride: int | None = None) -> Callable[[object], Regions]:
+        """The regions stage bound to one image: a (C, h, w) map of it (any of its scales) -> `Regions`. `stride`
+        is the map's (default: the trunk's)."""
         W, H = image.size
         w0, h0 = maps[0].shape[-1], maps[0].shape[-2]
-        stride = getattr(self.features.model, "stride", 1) if self.features.kind == "maps" else 1
+        if stride is None:
+            stride = getattr(self.features.model, "stride", 1) if self.features.kind == "maps" else 1
 
         def of(fmap) -> Regions:
             w, h = fmap.shape[-1], fmap.shape[-2]
@@ -131,10 +138,10 @@ class Extractor:
         if not self.is_fitted:
             raise RuntimeError(f"preset {self.preset.name!r} must be fitted on training images before describing")
 
-    def describe_image(self, image) -> np.ndarray:
-        """A prepared PIL image -> (D,) float32, L2-normalised."""
+    def describe_image(self, image, views=None) -> np.ndarray:
+        """A prepared PIL image -> (D,) float32, L2-normalised. `views`: its features when already computed."""
         self._check_fitted()
-        return self._vector(*self.views_and_regions(image))
+        return self._vector(*self.views_and_regions(image, views))
 
     def describe_full(self, image) -> Description:
         """A prepared PIL image -> its `Description`: the global vector and, if the preset stores them, its regions."""
@@ -185,10 +192,19 @@ class Extractor:
             st.fit_extractor(self, loaded, rng, progress)
         return self
 
-    def views_and_regions(self, image):
-        """One prepared image's features (maps per scale, or local features) and its regions stage bound to it."""
-        views = self.features(image)
-        return views, (self.regions_of(image, views) if self.features.kind == "maps" else None)
+    def views_and_regions(self, image, views=None):
+        """One prepared image's features (maps per scale, or local features; computed unless given) and its regions
+        stage bound to it. Local features are given regions when their stage has a map for them (`region_map`:
+        a deep trunk's map, or a notional grid for SIFT), the regions' pixel boxes saying which features each holds."""
+        views = self.features(image) if views is None else views
+        if self.features.kind == "maps":
+            return views, self.regions_of(image, views)
+        region_map = getattr(self.features, "region_map", None)
+        if region_map is None:
+            return views, None
+        fmap, stride = region_map(image, views)
+        bound = self.regions_of(image, [fmap], stride)
+        return views, lambda of_map=fmap: bound(of_map)  # local features: `regions_of()` gives the image's regions
 
     def state(self) -> dict[str, np.ndarray]:
         """Learned arrays, prefixed by section name, for storage with an index."""

@@ -20,7 +20,9 @@ live rows and never modify anything.
 
 The columns an index holds follow from its preset (`columns_for`): `global.float32` always; with region
 descriptors also `boxes.float32` (each image's region boxes, (R, 4) [x0, y0, x1, y1] in original pixels) and
-`regions.float32` ((R, Dr) region descriptors), both ragged; `add` stores whatever `_describe` returns for each.
+`regions.float32` ((R, Dr) region descriptors), both ragged; and the columns the extraction stages contribute
+(`Extractor.columns()`, e.g. a local-feature kernel's visual words and aggregated residuals), those holding pixel
+coordinates scaled to the original image like the region boxes; `add` stores whatever `_describe` returns for each.
 
 Format 1 (instar before this store: `vectors.f32` rewritten in place) is not migrated: its rows may already
 have been damaged by the bug format 2 fixes and it holds no checksums to tell, so opening it says how to
@@ -366,11 +368,14 @@ class Index:
         if problem:
             raise imgs.ImageLoadError(path, problem)
         data = {GLOBAL: np.asarray(d.vector, dtype=np.float32)}
+        scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
         if self.extractor.stores_regions:
-            scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
             data[BOXES] = (d.boxes * scale).astype(np.float32)
             data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
         data.update(d.extra)
+        for name in self.extractor.pixel_columns():  # points / boxes of the stages, to original pixels like BOXES
+            xy = np.asarray(data[name], dtype=np.float32)
+            data[name] = (xy * np.resize(scale, xy.shape[-1])).astype(np.float32)
         return image.width, image.height, data
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,

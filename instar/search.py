@@ -5,9 +5,11 @@ The stages a preset names (`[filter]`, `[rerank]`, `[expansion]`, instar.stages)
 - `Database`: one consistent snapshot of the index's live images -- their store rows, global vectors, and (when
   the preset stores them) a `RegionTable` of every image's region boxes and descriptors;
 - `Query`: what a stage may ask of the query -- its global `vector` (of the query crop, as the benchmarks'
-  protocol describes queries) and `box_descriptor` (the query box pooled on the whole query image's map like the
-  stored regions, Salvador et al.'s CA-SR query), each computed on first use; other representations a stage
-  derives (e.g. binary codes) are kept with `query.cached(name, fn)`, and per-snapshot data with `db.cached`;
+  protocol describes queries), the crop's `features`, `box_descriptor` (the query box pooled on the whole query
+  image's map like the stored regions, Salvador et al.'s CA-SR query), each computed on first use, `memo` for
+  what a stage derives from them (a local-feature kernel's aggregated query, shared with the expanded query), and
+  `cached(name, fn)` for what depends on the global vector (e.g. its binary codes: dropped by `with_vector`);
+  per-snapshot data a stage derives are kept with `db.cached`;
 - `Ranking`: database positions (indices into `Database.rows`) best first, their scores, and where known the
   box (x0, y0, x1, y1, original pixels) of the object in each.
 
@@ -141,7 +143,8 @@ class Query:
     def __init__(self, extractor=None, image: Path | str | None = None, box: Sequence[float] | None = None,
                  vector: np.ndarray | None = None):
         self.extractor, self.image, self.box = extractor, image, box
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {}  # derived from the vector (cached): not kept by with_vector
+        self._memo: dict = {}  # derived from the image / features (memo): shared with with_vector's query
         if vector is not None:
             self.__dict__["vector"] = np.asarray(vector, dtype=np.float32)
 
@@ -153,9 +156,28 @@ class Query:
         return self._cache[name]
 
     @cached_property
+    def prepared(self):
+        """The query crop as the extractor describes it (cropped at full resolution, shrunk): a PIL image."""
+        if self.image is None:
+            raise ValueError("this query is a ready descriptor: it has no image to describe")
+        return self.extractor.load(self.image, self.box)
+
+    @cached_property
+    def features(self):
+        """The query crop's features (maps per scale, or local features), computed once for every stage."""
+        return self.extractor.features(self.prepared)
+
+    @cached_property
     def vector(self) -> np.ndarray:
         """(D,) float32: the global descriptor of the query crop."""
-        return self.extractor.describe(self.image, self.box)
+        return self.extractor.describe_image(self.prepared, self.features)
+
+    def memo(self, key, compute):
+        """A representation of the query a stage derives (e.g. its aggregated local features), computed on first
+        use and shared with the other stages (and with the expanded query)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @cached_property
     def box_descriptor(self) -> np.ndarray:
@@ -177,8 +199,10 @@ class Query:
     def with_vector(self, vector: np.ndarray) -> "Query":
         """The same query with another global vector (query expansion), keeping its other representations."""
         q = Query(self.extractor, self.image, self.box, vector)
-        if "box_descriptor" in self.__dict__:
-            q.__dict__["box_descriptor"] = self.__dict__["box_descriptor"]
+        for name in ("box_descriptor", "prepared", "features"):
+            if name in self.__dict__:
+                q.__dict__[name] = self.__dict__[name]
+        q._memo = self._memo
         return q
 
 

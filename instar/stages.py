@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import expansion, filter, images, pooling, regions, rerank, whitening  # noqa: F401  (modules register their entries)
-from . import coding, drh  # noqa: F401
-from .features import cnn, efficientnet, local  # noqa: F401
-from .regions import selective_search, sliding  # noqa: F401
+from . import asmk, expansion, filter, images, pooling, regions, rerank, spatial, whitening  # noqa: F401  (modules register their entries)
+from . import coding, drh  # noqa: F401  (after expansion: its none / aqe / alpha-qe are listed first)
+from .features import cnn, deep_local, efficientnet, local  # noqa: F401
+from .regions import rpn, selective_search, sliding  # noqa: F401
 from .registry import (CODINGS, EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS,
                        SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry)
 
@@ -69,12 +69,40 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if getattr(entry, "needs_codes", False) and not coding.learns:
             return (f"{section}.method {entry.name!r} compares binary codes: set coding.method "
                     "(e.g. 'drh') so that the index stores them")
+        requires = getattr(entry, "requires", None)  # a search stage's own condition on what the index stores
+        why = requires(sections) if requires is not None else None
+        if why:
+            return why
+    regions = REGIONS.entry(sections["regions"]["method"])
+    if getattr(regions, "needs_trunk", False):
+        if features.kind == "local" and "arch" not in features.params:
+            return (f"regions.method {regions.name!r} runs on a trunk's map; features.type {features.name!r} has none "
+                    "(use a grid or selective search, or deep local features)")
+        # a learned head (the RPN) was trained on one trunk's tap; '' is the trunk's default tap, checked on use
+        for key in ("arch", "layer"):
+            want, have = sections["regions"][key], sections["features"][key]
+            if have and want != have:
+                return (f"regions.{key} {want!r} (the trunk the {regions.name} head was trained on) does not match "
+                        f"features.{key} {have!r}")
     if features.kind == "maps":
         arch, layer = sections["features"]["arch"], sections["features"]["layer"]
         layers = TRUNKS.entry(arch).layers
         if layer and layer not in layers:
             return f"features.layer {layer!r} is not a layer of {arch} (its layers: {', '.join(layers)})"
     return None
+
+
+def fitting_entries(sections: dict[str, dict[str, Any]], section: str) -> list[str]:
+    """The entries of `section` (with their default parameters) that fit the other sections, i.e. that
+    `incompatibility` accepts: what a search-time section of an existing index can be switched to."""
+    registry = SECTIONS[section]
+    out = []
+    for name in registry.names():
+        trial = dict(sections)
+        trial[section] = {registry.selector: name, **registry.entry(name).params}
+        if incompatibility(trial) is None:
+            out.append(name)
+    return out
 
 
 def learns(sections: dict[str, dict[str, Any]]) -> bool:

@@ -111,6 +111,20 @@ def test_smvs_held_out_split_is_covers_051_to_100(shared_data):
         assert [ds.database[i].stem for i in g["ok"]] == [q.image.stem] and q.box is None
 
 
+def test_smvs_instance_direction_has_cover_boxes(shared_data):
+    ds = load_dataset("smvs-dvd-covers-ins-test", data=shared_data / "smvs-dvd-covers")
+    assert len(ds.queries) == 50 and len(ds.database) == 200
+    assert all(q.image.parent.name == "Reference" and q.box is None for q in ds.queries)
+    for q, g, boxes in zip(ds.queries, ds.ground_truth, ds.positive_boxes):
+        # the four phone photos of the same cover, each with the cover's box inside the photo
+        assert sorted(ds.database[i].parent.name for i in g["ok"]) == ["Canon", "Droid", "E63", "Palm"]
+        assert {ds.database[i].stem for i in g["ok"]} == {q.image.stem} and set(boxes) == set(g["ok"].tolist())
+        for i, (x0, y0, x1, y1) in boxes.items():
+            assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 640
+    full = load_dataset("smvs-dvd-covers-ins", data=shared_data / "smvs-dvd-covers")
+    assert len(full.queries) == 100 and len(full.database) == 400
+
+
 def test_real_roxford5k_gnd_without_images(shared_data, tmp_path):
     gnd = shared_data / "revisitop-gnd" / "gnd_roxford5k.pkl"
     with pytest.raises(MissingImagesError) as e:

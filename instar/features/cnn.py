@@ -199,6 +199,25 @@ def build_trunk(arch: str) -> nn.Module:
 # ----------------------------------------------------------------------------- weights
 
 
+def random_seed(weights: str, what: str = "weights") -> int | None:
+    """The SEED of a ``random:SEED`` weights spec, None for any other spec; WeightsError for ``random`` without
+    an integer seed."""
+    if weights != "random" and not weights.startswith("random:"):
+        return None
+    _, sep, seed_s = weights.partition(":")
+    try:
+        return int(seed_s) if sep else int("x")
+    except ValueError:
+        raise WeightsError(f"random {what} need an integer seed, e.g. 'random:0'; got {weights!r}") from None
+
+
+def seeded(seed: int, build, *args, **kwargs):
+    """`build(*args, **kwargs)` with torch's RNG seeded by `seed`, leaving the global RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args, **kwargs)
+
+
 def _read_checkpoint(path: str | os.PathLike) -> object:
     path = Path(path)
     if not path.is_file():
@@ -370,17 +389,9 @@ def load_trunk(arch: str, weights: str, *, mirror: str | None = None) -> tuple[n
     if not isinstance(weights, str) or not weights:
         raise WeightsError(f"weights must be 'imagenet', 'random:SEED', a URL or a file path; got {weights!r}")
 
-    if weights == "random" or weights.startswith("random:"):
-        _, sep, seed_s = weights.partition(":")
-        try:
-            seed = int(seed_s)
-        except ValueError:
-            seed = None
-        if not sep or seed is None:
-            raise WeightsError(f"random weights need an integer seed, e.g. 'random:0'; got {weights!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_trunk(arch)
+    seed = random_seed(weights)
+    if seed is not None:
+        model = seeded(seed, build_trunk, arch)
         return model.eval(), {"source": weights, "ignored": []}
 
     model = build_trunk(arch)

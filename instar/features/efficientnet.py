@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from ..registry import TRUNKS
-from .cnn import WeightsError, _read_checkpoint, image_tensor
+from .cnn import WeightsError, _read_checkpoint, image_tensor, random_seed, seeded
 
 LITE_VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 LITE_LAYERS = ("stride16", "stride32", "head")
@@ -332,18 +332,9 @@ def load_efficientnet_lite(
     if not isinstance(weights, str) or not weights:
         raise WeightsError(f"weights must be 'imagenet', 'random:SEED' or a file path; got {weights!r}")
 
-    if weights == "random" or weights.startswith("random:"):
-        _, sep, seed_s = weights.partition(":")
-        try:
-            seed = int(seed_s)
-        except ValueError:
-            seed = None
-        if not sep or seed is None:
-            raise WeightsError(f"random weights need an integer seed, e.g. 'random:0'; got {weights!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = EfficientNetLite(variant, layer)
-        return model.eval(), {"source": weights, "ignored": []}
+    seed = random_seed(weights)
+    if seed is not None:
+        return seeded(seed, EfficientNetLite, variant, layer).eval(), {"source": weights, "ignored": []}
 
     source = packaged_weights_path(variant) if weights == "imagenet" else weights
     obj = _read_checkpoint(source)

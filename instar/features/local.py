@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,9 +13,16 @@ from ..registry import FEATURES
 
 @dataclass
 class LocalFeatures:
-    """One image's local features: keypoints (N, 4) float32 [x, y, size, angle] in pixels, descriptors (N, D) float32."""
+    """One image's local features: keypoints (N, 4) float32 [x, y, size, angle] in pixels, descriptors (N, D) float32;
+    optionally their detector strengths `scores` (N,) and the conv `map` (C, h, w) they were read from (deep local
+    features), for a regions stage to run on."""
     points: np.ndarray
     descriptors: np.ndarray
+    scores: np.ndarray | None = None
+    map: Any = None
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
 
 
 def rootsift_from_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -44,6 +52,10 @@ def rootsift(image: Image.Image, max_keypoints: int = 2000) -> tuple[np.ndarray,
     return points, rootsift_from_sift(desc)
 
 
+# the notional stride of the cell grid region proposals are laid on for features without a conv map
+REGION_STRIDE = 16
+
+
 @FEATURES.register("rootsift")
 class RootSIFTFeatures:
     """RootSIFT local features through OpenCV, the `max_keypoints` strongest (0: all)."""
@@ -54,3 +66,11 @@ class RootSIFTFeatures:
 
     def __call__(self, image: Image.Image) -> LocalFeatures:
         return LocalFeatures(*rootsift(image, self.max_keypoints))
+
+    def region_map(self, image: Image.Image, local: LocalFeatures):
+        """What a regions stage runs on for SIFT (which has no conv map): an empty-channel map of one cell per
+        REGION_STRIDE pixels, enough for the grid methods (R-MAC grid, sliding windows) that need only its shape
+        and for those that look at the image's pixels (selective search)."""
+        import torch
+        W, H = image.size
+        return torch.zeros((0, -(-H // REGION_STRIDE), -(-W // REGION_STRIDE))), REGION_STRIDE
