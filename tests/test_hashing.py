@@ -27,7 +27,7 @@ def eq4(w, b, x, alpha, beta, eta):
     return torch.outer(delta, x) + beta * w, delta + eta * b
 
 
-def autograd_loss(w, b, x, alpha, beta, eta, objective, balance, gamma):
+def autograd_loss(w, b, x, alpha, beta, eta, objective, balance, gamma, rho=0.0):
     """Eq. (1)-(3) as printed (data terms averaged over the batch), or the balanced variant, for autograd."""
     n, L = x.shape[0], w.shape[0]
     h = torch.sigmoid(x @ w.T + b)
@@ -39,19 +39,22 @@ def autograd_loss(w, b, x, alpha, beta, eta, objective, balance, gamma):
     c = hc.T @ hc / n
     off = c - torch.diag(torch.diagonal(c))
     return (loss - 0.5 * alpha * torch.trace(hc.T @ hc) / n + 0.5 * balance * ((h.mean(dim=0) - 0.5) ** 2).sum()
-            + 0.25 * gamma * (off ** 2).sum() / L)
+            + 0.25 * gamma * (off ** 2).sum() / L + 0.25 * rho * ((w @ w.T - torch.eye(L, dtype=w.dtype)) ** 2).sum())
 
 
-@pytest.mark.parametrize("objective,balance,gamma", [("paper", 0, 0), ("balanced", 0, 0), ("balanced", 20, 30)])
-def test_drh_gradients_match_autograd(objective, balance, gamma):
+@pytest.mark.parametrize("objective,balance,gamma,rho,bits", [("paper", 0, 0, 0, 10), ("balanced", 0, 0, 0, 10),
+                                                              ("balanced", 20, 30, 0, 10), ("balanced", 20, 30, 2, 10),
+                                                              ("balanced", 20, 30, 2, 16)])
+def test_drh_gradients_match_autograd(objective, balance, gamma, rho, bits):
+    # bits = 16 > 12 dimensions: the orthogonality term goes through the D x D Gram matrix
     g = torch.Generator().manual_seed(1)
     x = torch.randn(24, 12, generator=g, dtype=torch.float64)
-    w = 0.4 * torch.randn(10, 12, generator=g, dtype=torch.float64)
-    b = 0.2 * torch.randn(10, generator=g, dtype=torch.float64)
+    w = 0.4 * torch.randn(bits, 12, generator=g, dtype=torch.float64)
+    b = 0.2 * torch.randn(bits, generator=g, dtype=torch.float64)
     loss, gw, gb = drh_objective(w, b, x, alpha=100.0, beta=0.001, eta=0.001, objective=objective, balance=balance,
-                                 decorrelation=gamma)
+                                 decorrelation=gamma, orthogonality=rho)
     wa, ba = w.clone().requires_grad_(), b.clone().requires_grad_()
-    ref = autograd_loss(wa, ba, x, 100.0, 0.001, 0.001, objective, balance, gamma)
+    ref = autograd_loss(wa, ba, x, 100.0, 0.001, 0.001, objective, balance, gamma, rho)
     ref.backward()
     assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-12)
     assert torch.allclose(gw, wa.grad, atol=1e-10) and torch.allclose(gb, ba.grad, atol=1e-10)
@@ -93,6 +96,18 @@ def test_paper_objective_collapses_and_the_balanced_one_does_not():
     ones = unpack(balanced.codes(x)).mean(axis=0)
     assert np.mean((ones == 0) | (ones == 1)) < 0.2 and 0.3 < ones.mean() < 0.7
     assert len(np.unique(balanced.codes(x), axis=0)) >= 6  # the clusters get different codes
+
+
+def test_orthogonality_keeps_the_hash_directions_apart():
+    """Without ||W W^T - I||^2 the variance term pulls every bit towards the same high-variance directions."""
+    x = clustered()
+
+    def mean_cosine(rho):
+        c = DRHHashing(bits=32, objective="balanced", epochs=5, batch=64, orthogonality=rho).fit(x, np.random.default_rng(0))
+        w = c.weights / np.linalg.norm(c.weights, axis=0)
+        return np.abs(w.T @ w - np.eye(32)).sum() / (32 * 31)
+
+    assert mean_cosine(1.0) < 0.3 < 0.4 < mean_cosine(0.0)
 
 
 # ------------------------------------------------------------------------------------------ codes
