@@ -210,7 +210,7 @@ def eval_(dataset: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k
           preset: str = typer.Option(DEFAULT_PRESET, help="Preset name or .toml file."),
           train: Optional[Path] = typer.Option(None, help="Separate image folder for codebook / whitening (default: the database itself, reported as such)."),
           workdir: Optional[Path] = typer.Option(None, help="Keep the index here (resumable, reused)."),
-          expansion: Optional[str] = typer.Option(None, help="none | aqe | alpha-qe (default: the preset's)."),
+          expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
           as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):

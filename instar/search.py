@@ -6,21 +6,25 @@ The stages a preset names (`[filter]`, `[rerank]`, `[expansion]`, instar.stages)
   the preset stores them) a `RegionTable` of every image's region boxes and descriptors;
 - `Query`: what a stage may ask of the query -- its global `vector` (of the query crop, as the benchmarks'
   protocol describes queries), the crop's `features`, `box_descriptor` (the query box pooled on the whole query
-  image's map like the stored regions, Salvador et al.'s CA-SR query), each computed on first use, and `memo` for
-  what a stage derives from them (a local-feature kernel's aggregated query);
+  image's map like the stored regions, Salvador et al.'s CA-SR query), each computed on first use, `memo` for
+  what a stage derives from them (a local-feature kernel's aggregated query, shared with the expanded query), and
+  `cached(name, fn)` for what depends on the global vector (e.g. its binary codes: dropped by `with_vector`);
+  per-snapshot data a stage derives are kept with `db.cached`;
 - `Ranking`: database positions (indices into `Database.rows`) best first, their scores, and where known the
   box (x0, y0, x1, y1, original pixels) of the object in each.
 
 A filter ranks the database (`filter(db, query, k) -> Ranking`); a re-ranker re-scores the head of a ranking
 (`rerank(db, query, ranking) -> Ranking`) and may `localise` any ranking's images; an expansion builds a new
-query from the top of a ranking and searches again (`expansion(db, query, ranking, k) -> Ranking`).
+query from the top of a ranking and searches again (`expansion(db, query, ranking, k) -> Ranking`). An expansion
+that refines the filter's list before the re-ranker sees it (DRH's gQE, applied "after the gDRH and before the
+lDRH") also has `before_rerank(db, query, ranking) -> Ranking`, which the pipeline calls between the two.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -96,9 +100,16 @@ class Database:
     vectors: np.ndarray
     regions: RegionTable | None = None
     snapshot: object | None = None  # the index's store Snapshot, for stages that read other columns
+    cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """What `compute()` returns, computed once per snapshot (e.g. a column of the live rows)."""
+        if name not in self.cache:
+            self.cache[name] = compute()
+        return self.cache[name]
 
     @classmethod
     def from_index(cls, index) -> "Database":
@@ -132,9 +143,17 @@ class Query:
     def __init__(self, extractor=None, image: Path | str | None = None, box: Sequence[float] | None = None,
                  vector: np.ndarray | None = None):
         self.extractor, self.image, self.box = extractor, image, box
-        self._memo: dict = {}
+        self._cache: dict[str, Any] = {}  # derived from the vector (cached): not kept by with_vector
+        self._memo: dict = {}  # derived from the image / features (memo): shared with with_vector's query
         if vector is not None:
             self.__dict__["vector"] = np.asarray(vector, dtype=np.float32)
+
+    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A representation a stage derives from the query (e.g. its binary codes), computed once by `compute()`.
+        Dropped by `with_vector`, since it may depend on the vector."""
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]
 
     @cached_property
     def prepared(self):
@@ -213,6 +232,9 @@ class SearchPipeline:
         """The top `k` of `db` for `query`; boxes for the first `localise` (default all k) where the stages localise."""
         depth = max(k, getattr(self.rerank, "top", 0), getattr(self.expansion, "top", 0))
         ranking = self.filter(db, query, depth)
+        before_rerank = getattr(self.expansion, "before_rerank", None)
+        if before_rerank is not None:
+            ranking = before_rerank(db, query, ranking)
         ranking = self.rerank(db, query, ranking)
         expanded = self.expansion(db, query, ranking, self.filter, depth)
         if expanded is not ranking:
@@ -252,7 +274,7 @@ def search(index, query: Path | str | np.ndarray, *, box: Sequence[float] | None
     if isinstance(query, np.ndarray):
         if box is not None:
             raise ValueError("a box applies to a query image, not to a ready descriptor")
-        q = Query(vector=query)
+        q = Query(index.extractor, vector=query)  # the extractor's later stages (e.g. its coding) may describe it further
         problem = descriptor_problem(q.vector)
         if problem:
             raise ValueError(f"query descriptor: {problem}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import asmk, expansion, filter, images, pooling, regions, rerank, spatial, whitening  # noqa: F401  (modules register their entries)
+from . import coding, drh  # noqa: F401  (after expansion: its none / aqe / alpha-qe are listed first)
 from .features import cnn, deep_local, efficientnet, local  # noqa: F401
 from .regions import rpn, selective_search, sliding  # noqa: F401
 from .learning import cssr, stored_whitening  # noqa: F401
-from .registry import (EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS, SEARCH,
-                       TRAIN, TRUNKS, WHITENINGS, Registry)
+from .registry import (CODINGS, EXPANSIONS, FEATURES, FILTERS, IMAGE, POOLINGS, REGION_POOLINGS, REGIONS, RERANKERS,
+                       SEARCH, TRAIN, TRUNKS, WHITENINGS, Registry)
 
 SECTIONS: dict[str, Registry] = {
     "image": IMAGE,
@@ -18,6 +19,7 @@ SECTIONS: dict[str, Registry] = {
     "pooling": POOLINGS,
     "whitening": WHITENINGS,
     "region_pooling": REGION_POOLINGS,
+    "coding": CODINGS,
     "train": TRAIN,
     "search": SEARCH,
     "filter": FILTERS,
@@ -56,7 +58,11 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         return (f"region_pooling.method {region_pool.name!r} does not fit features.type {features.name!r} "
                 f"({region_pool.name} pools {region_pool.input_kind}, {features.name} gives {features.kind})")
     stores = region_pool.stores_regions
-    for section, registry in (("filter", FILTERS), ("rerank", RERANKERS)):
+    coding = CODINGS.entry(sections["coding"]["method"])
+    if coding.learns and not stores:
+        return (f"coding.method {coding.name!r} is learned on, and codes, region descriptors: set "
+                "region_pooling.method (e.g. 'max')")
+    for section, registry in (("filter", FILTERS), ("rerank", RERANKERS), ("expansion", EXPANSIONS)):
         entry = registry.entry(sections[section]["method"])
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
@@ -65,6 +71,9 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if allowed and sections["region_pooling"]["method"] not in allowed:
             return (f"{section}.method {entry.name!r} reads {' or '.join(allowed)}-pooled region descriptors: set "
                     f"region_pooling.method = {allowed[0]!r}")
+        if getattr(entry, "needs_codes", False) and not coding.learns:
+            return (f"{section}.method {entry.name!r} compares binary codes: set coding.method "
+                    "(e.g. 'drh') so that the index stores them")
         requires = getattr(entry, "requires", None)  # a search stage's own condition on what the index stores
         why = requires(sections) if requires is not None else None
         if why:
