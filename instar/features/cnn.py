@@ -81,6 +81,21 @@ class _Trunk(nn.Module):
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
+def init_conv_bn(m: nn.Module, zero_bias: bool = False) -> bool:
+    """torchvision's initialisation of one module (what `random:SEED` weights are drawn from): Kaiming-normal
+    (fan out) convolution weights, their bias zeroed if `zero_bias`; BatchNorm weight 1, bias 0. True if `m` was one."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_bias:
+            nn.init.zeros_(m.bias)
+        return True
+    if isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+        return True
+    return False
+
+
 class VGG16Trunk(_Trunk):
     """``features`` = torchvision VGG16 ``features[0:30]`` (no final max-pool).
 
@@ -104,9 +119,7 @@ class VGG16Trunk(_Trunk):
                 cin = int(v)
         self.features = nn.Sequential(*layers)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+            init_conv_bn(m, zero_bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -165,11 +178,7 @@ class ResNetTrunk(_Trunk):
             layer += [Bottleneck(inplanes, planes) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_conv_bn(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from ..registry import TRUNKS
-from .cnn import EXTRA_PREFIXES, WeightsError, _read_checkpoint, image_tensor, random_seed, seeded
+from .cnn import EXTRA_PREFIXES, WeightsError, _read_checkpoint, image_tensor, init_conv_bn, random_seed, seeded
 
 LITE_VARIANTS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 LITE_LAYERS = ("stride16", "stride32", "head")
@@ -214,12 +214,7 @@ class EfficientNetLite(nn.Module):
 
     def _init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            if not init_conv_bn(m) and isinstance(m, nn.Linear):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
