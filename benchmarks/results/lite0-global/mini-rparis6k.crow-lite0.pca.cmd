@@ -1,0 +1,1 @@
+/work/wt-eval/.venv/bin/instar eval mini-rparis6k --data ../shared/data/mini-rparis6k --preset crow-lite0 --train ../shared/data/smvs-dvd-covers/jpg --set whitening.method=pca --json /tmp/ev/table/mini-rparis6k.crow-lite0.pca.json -q --workdir /tmp/ev/wd/mini-rparis6k.crow-lite0.pca

@@ -1,0 +1,1 @@
+/work/wt-eval/.venv/bin/instar eval mini-rparis6k --data ../shared/data/mini-rparis6k --preset rmac-lite0 --train ../shared/data/smvs-dvd-covers/jpg  --json /tmp/ev/table/mini-rparis6k.rmac-lite0.preset.json -q --workdir /tmp/ev/wd/mini-rparis6k.rmac-lite0.preset

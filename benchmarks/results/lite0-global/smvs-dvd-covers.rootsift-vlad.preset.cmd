@@ -1,0 +1,1 @@
+/work/wt-eval/.venv/bin/instar eval smvs-dvd-covers --data ../shared/data/smvs-dvd-covers --preset rootsift-vlad --train ../shared/data/mini-rparis6k/jpg  --json /tmp/ev/table/smvs-dvd-covers.rootsift-vlad.preset.json -q --workdir /tmp/ev/wd/smvs-dvd-covers.rootsift-vlad.preset

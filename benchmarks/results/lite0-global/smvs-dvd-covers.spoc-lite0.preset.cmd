@@ -1,0 +1,1 @@
+/work/wt-eval/.venv/bin/instar eval smvs-dvd-covers --data ../shared/data/smvs-dvd-covers --preset spoc-lite0 --train ../shared/data/mini-rparis6k/jpg  --json /tmp/ev/table/smvs-dvd-covers.spoc-lite0.preset.json -q --workdir /tmp/ev/wd/smvs-dvd-covers.spoc-lite0.preset

@@ -1,0 +1,1 @@
+instar eval mini-rparis6k --data /work/shared/data/mini-rparis6k --preset faster-rcnn-ins-lite0 --train /work/shared/data/smvs-dvd-covers/jpg  --json /tmp/ev/t8/mini-rparis6k.faster-rcnn-ins-lite0.json -q --workdir /tmp/ev/wd8/mini-rparis6k.faster-rcnn-ins-lite0

@@ -1,0 +1,1 @@
+instar eval mini-rparis6k --data /work/shared/data/mini-rparis6k --preset faster-rcnn-ins-lite0 --train /work/shared/data/smvs-dvd-covers/jpg --set pooling.method=sum --set region_pooling.method=max --set rerank.method=none --set expansion.method=none --json /tmp/ev/t8/mini-rparis6k.ipa-sum.none.qe-none.json -q --workdir /tmp/ev/wd8/mini-rparis6k.ipa-sum.rpa-max

@@ -1,0 +1,1 @@
+instar eval smvs-dvd-covers-ins-test --data /work/shared/data/smvs-dvd-covers --preset faster-rcnn-ins-lite0 --train /work/shared/data/mini-rparis6k/jpg  --json /tmp/ev/t8/smvs-dvd-covers-ins-test.faster-rcnn-ins-lite0.json -q --workdir /tmp/ev/wd8/smvs-dvd-covers-ins-test.faster-rcnn-ins-lite0
