@@ -71,6 +71,7 @@ class NoCoding:
     learns = False
     fitted = True
     bits = 0
+    keep_float_regions = True
 
 
 class LinearCoding:
@@ -79,8 +80,13 @@ class LinearCoding:
     learns = True
     name = "coding"
 
-    def __init__(self, bits: int, max_vectors: int, seed: int):
+    def __init__(self, bits: int, max_vectors: int, seed: int, keep_float_regions: bool = True):
         self.bits = check_bits(bits, self.name)
+        if not isinstance(keep_float_regions, bool):
+            raise ValueError(f"coding.keep_float_regions = {keep_float_regions!r}: must be true or false")
+        # false: an index keeps only the region codes and boxes, not the float region descriptors they were coded
+        # from (DRH's point: 128 B instead of 5 KB per region); float region stages (CA-SR, regional) then refuse it
+        self.keep_float_regions = keep_float_regions
         if max_vectors < 2:
             raise ValueError(f"coding.max_vectors = {max_vectors}: must be at least 2")
         self.max_vectors, self.seed = int(max_vectors), int(seed)
@@ -190,8 +196,9 @@ class PCASign(LinearCoding):
     """Sign of the top-`bits` PCA projections of the centred vector (the survey's sec. 4.2.4 baseline; bits <= D)."""
     name = "pca-sign"
 
-    def __init__(self, *, bits: int = 1024, max_vectors: int = 200_000, seed: int = 0):
-        super().__init__(bits, max_vectors, seed)
+    def __init__(self, *, bits: int = 1024, max_vectors: int = 200_000, seed: int = 0,
+                 keep_float_regions: bool = True):
+        super().__init__(bits, max_vectors, seed, keep_float_regions)
 
     def learn(self, x, rng):
         mean, p = _pca(x, self.bits, self.name)
@@ -203,8 +210,9 @@ class ITQ(LinearCoding):
     """ITQ: PCA to `bits` dimensions, then the rotation minimising the quantisation loss, `iterations` steps (Gong & Lazebnik 2011)."""
     name = "itq"
 
-    def __init__(self, *, bits: int = 1024, iterations: int = 50, max_vectors: int = 200_000, seed: int = 0):
-        super().__init__(bits, max_vectors, seed)
+    def __init__(self, *, bits: int = 1024, iterations: int = 50, max_vectors: int = 200_000, seed: int = 0,
+                 keep_float_regions: bool = True):
+        super().__init__(bits, max_vectors, seed, keep_float_regions)
         self.iterations = int(iterations)
 
     def learn(self, x, rng):
@@ -225,8 +233,9 @@ class LSH(LinearCoding):
     """Random-hyperplane LSH: bit k = sign(r_k . (x - mean)), r_k ~ N(0, I) (Charikar 2002); `center` = false keeps the origin."""
     name = "lsh"
 
-    def __init__(self, *, bits: int = 1024, center: bool = True, max_vectors: int = 200_000, seed: int = 0):
-        super().__init__(bits, max_vectors, seed)
+    def __init__(self, *, bits: int = 1024, center: bool = True, max_vectors: int = 200_000, seed: int = 0,
+                 keep_float_regions: bool = True):
+        super().__init__(bits, max_vectors, seed, keep_float_regions)
         self.center = center
 
     def learn(self, x, rng):
@@ -287,8 +296,9 @@ class DRHHashing(LinearCoding):
                  eta: float = 0.001, balance: float = 100.0, decorrelation: float = 100.0, orthogonality: float = 1.0,
                  lr: float = 0.01,
                  momentum: float = 0.9,
-                 batch: int = 256, epochs: int = 20, init_std: float = 0.01, max_vectors: int = 200_000, seed: int = 0):
-        super().__init__(bits, max_vectors, seed)
+                 batch: int = 256, epochs: int = 20, init_std: float = 0.01, max_vectors: int = 200_000, seed: int = 0,
+                 keep_float_regions: bool = True):
+        super().__init__(bits, max_vectors, seed, keep_float_regions)
         if objective not in ("paper", "balanced"):
             raise ValueError(f"coding.objective = {objective!r}: expected 'paper' or 'balanced'")
         if batch < 2 or epochs < 1 or not lr > 0 or not 0 <= momentum < 1:

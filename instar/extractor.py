@@ -114,6 +114,11 @@ class Extractor:
         """Whether each image also gets region boxes and region descriptors."""
         return self.region_pooling.stores_regions
 
+    @property
+    def stores_region_descriptors(self) -> bool:
+        """Whether an index keeps the float region descriptors too (a coding may keep only their codes)."""
+        return self.stores_regions and getattr(self.stages.get("coding"), "keep_float_regions", True)
+
     def regions_of(self, image, maps, stride: int | None = None) -> Callable[[object], Regions]:
         """The regions stage bound to one image: a (C, h, w) map of it (any of its scales) -> `Regions`. `stride`
         is the map's (default: the trunk's)."""

@@ -52,12 +52,13 @@ class RegionalSearch:
     """Regional search (Teichmann et al. sec. 4.2): the query's region descriptor against every stored region;
     an image scores the max (eq. 3) or the mean (eq. 4) of its regions' similarities; max localises."""
     needs_regions = True
+    reads_region_descriptors = True
 
     def __init__(self, *, pooling: str = "max"):
         self.pooling = pooling
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
-        table = db.require_regions("filter.method = 'regional'")
+        table = db.require_regions("filter.method = 'regional'", descriptors=True)
         sims, items = table.similarities(np.arange(len(db)), query.box_descriptor)
         scores, best = _reduce(sims, table.counts, self.pooling)
         order = np.argsort(-scores, kind="stable")[:k]

@@ -59,10 +59,13 @@ GLOBAL, BOXES, REGIONS = "global", "boxes", "regions"
 
 def columns_for(extractor: Extractor) -> tuple[Column, ...]:
     """The per-image data an index of this extractor stores: the global descriptor, and when the preset stores
-    regions, each image's region boxes (original pixels) and region descriptors (ragged: R items per image)."""
+    regions, each image's region boxes (original pixels) and, unless its coding keeps only their codes, region
+    descriptors (ragged: R items per image)."""
     cols = [Column(GLOBAL, "float32", (None,))]
     if extractor.stores_regions:
-        cols += [Column(BOXES, "float32", (4,), ragged=True), Column(REGIONS, "float32", (None,), ragged=True)]
+        cols.append(Column(BOXES, "float32", (4,), ragged=True))
+    if extractor.stores_region_descriptors:
+        cols.append(Column(REGIONS, "float32", (None,), ragged=True))
     return tuple(cols + extractor.columns())
 
 SCHEMA_SQL = """
@@ -371,6 +374,7 @@ class Index:
         scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
         if self.extractor.stores_regions:
             data[BOXES] = (d.boxes * scale).astype(np.float32)
+        if self.extractor.stores_region_descriptors:
             data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
         data.update(d.extra)
         for name in self.extractor.pixel_columns():  # points / boxes of the stages, to original pixels like BOXES

@@ -66,12 +66,16 @@ class RegionTable:
     starts: np.ndarray
     counts: np.ndarray
     boxes: np.ndarray
-    descriptors: np.ndarray
+    descriptors: np.ndarray | None   # None: the index keeps only region codes (coding.keep_float_regions = false)
 
     def similarities(self, positions: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inner products of `q` (Dr,) with every region of `positions`, grouped by owner in order, and the
         item ids: (M,) float32, (M,) int64. Reads each image's regions as one slice of the memory map (no gather
         copy); a run of images stored back to back is read as one slice."""
+        if self.descriptors is None:
+            raise ValueError("this index stores region codes and boxes but no float region descriptors "
+                             "(its preset has coding.keep_float_regions = false): use rerank 'ldrh', not a float "
+                             "region stage")
         positions = np.asarray(positions, dtype=np.int64)
         starts, counts = self.starts[positions], self.counts[positions]
         ends = starts + counts
@@ -89,7 +93,7 @@ class RegionTable:
 
     @property
     def nbytes(self) -> int:
-        return int(self.boxes.nbytes + self.descriptors.nbytes)
+        return int(self.boxes.nbytes + (0 if self.descriptors is None else self.descriptors.nbytes))
 
 
 @dataclass
@@ -122,15 +126,20 @@ class Database:
         vectors = snap.column(GLOBAL)
         vectors = vectors if len(live) == snap.n_rows else np.asarray(vectors[live])
         regions = None
-        if REGIONS in snap.columns:
-            starts, counts = snap.spans(REGIONS, live)
-            regions = RegionTable(starts, counts, snap.column(BOXES), snap.column(REGIONS))
+        if BOXES in snap.columns:   # descriptors may be absent: a coding that keeps only the region codes
+            starts, counts = snap.spans(BOXES, live)
+            descriptors = snap.column(REGIONS) if REGIONS in snap.columns else None
+            regions = RegionTable(starts, counts, snap.column(BOXES), descriptors)
         return cls(live, vectors, regions, snap)
 
-    def require_regions(self, who: str) -> RegionTable:
+    def require_regions(self, who: str, descriptors: bool = False) -> RegionTable:
+        """The region table; `descriptors`: the caller also reads the float region descriptors."""
         if self.regions is None:
             raise ValueError(f"{who} needs region descriptors, but this index stores none "
                              "(its preset has region_pooling.method = 'none')")
+        if descriptors and self.regions.descriptors is None:
+            raise ValueError(f"{who} compares float region descriptors, but this index keeps only region codes and "
+                             "boxes (its preset has coding.keep_float_regions = false)")
         return self.regions
 
 

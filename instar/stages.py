@@ -67,6 +67,9 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if getattr(entry, "needs_regions", False) and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
+        if getattr(entry, "reads_region_descriptors", False) and not sections["coding"].get("keep_float_regions", True):
+            return (f"{section}.method {entry.name!r} compares float region descriptors, which this preset does not "
+                    f"keep (coding.keep_float_regions = false: only their {sections['coding']['method']} codes)")
         allowed = getattr(entry, "region_pooling", None)  # an entry that reads one kind of region descriptor
         if allowed and sections["region_pooling"]["method"] not in allowed:
             return (f"{section}.method {entry.name!r} reads {' or '.join(allowed)}-pooled region descriptors: set "

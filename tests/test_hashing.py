@@ -311,7 +311,8 @@ def test_drh_lite0_end_to_end_index_search_eval(tmp_path, photos):
     assert r.exit_code == 0, r.output
     with Index.open(out) as index:
         snap = index.snapshot()
-        assert {"codes", "region_codes", "boxes", "regions"} <= set(snap.columns)
+        # the preset keeps region codes and boxes only: no float region descriptors (coding.keep_float_regions)
+        assert {"codes", "region_codes", "boxes"} <= set(snap.columns) and "regions" not in snap.columns
         assert snap.column("codes").shape == (3, 8) and snap.column("codes").dtype == np.uint8
         counts = snap.spans("region_codes")[1]
         assert counts.tolist() == snap.spans("boxes")[1].tolist() and counts.min() >= 2  # one code per region
@@ -340,6 +341,10 @@ def test_drh_lite0_end_to_end_index_search_eval(tmp_path, photos):
         snap = index.snapshot()
         for hit in hits:
             assert any(np.allclose(hit["box"], b, atol=1e-3) for b in snap.get("boxes", hit["row"]))
+    # a float region stage cannot run on codes alone: a clear refusal naming the setting, exit code 2
+    r = runner.invoke(app, ["search", str(evaluated), str(data / "images" / "coffee.jpg"), "--box", "8,8,120,100",
+                            "--set", "rerank.method=ca-sr"])
+    assert r.exit_code == 2 and "keep_float_regions" in r.output and "Traceback" not in r.output, r.output
 
 
 @pytest.mark.parametrize("preset", ["gdrh-lite0", "maxconv-lite0"])
@@ -366,7 +371,8 @@ def test_gdrh_and_maxconv_presets_index_and_search(tmp_path, photos, preset):
     assert r.exit_code == 0, r.output
     with Index.open(out) as index:
         columns = set(index.snapshot().columns)
-    assert ({"codes", "region_codes"} <= columns) == (preset == "gdrh-lite0") and "regions" in columns
+    # gDRH stores codes and no float regions; maxconv stores float regions and no codes
+    assert ({"codes", "region_codes"} <= columns) == (preset == "gdrh-lite0") == ("regions" not in columns)
     r = runner.invoke(app, ["search", str(out), str(folder / "coffee.jpg"), "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)

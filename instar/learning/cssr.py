@@ -300,6 +300,7 @@ def load_cssr(weights: str) -> tuple[CSSRHead, dict]:
 class CSSR:
     """CS-SR: the top N re-scored by their best region's class probability for the query's object (Salvador et al. sec. 3.3)."""
     needs_regions = True
+    reads_region_descriptors = True
 
     def __init__(self, *, weights: str = "", top: int = 100):
         self.weights, self.top = weights, top
@@ -321,7 +322,7 @@ class CSSR:
         """For each of `positions`: its best region's probability of the query's object, and that region's box
         (original pixels); (n,) float32, (n, 4) float32 (NaN where an image has no region)."""
         head, meta = self.head()
-        table = db.require_regions("rerank.method = 'cs-sr'")
+        table = db.require_regions("rerank.method = 'cs-sr'", descriptors=True)
         if table.descriptors.shape[1] != int(meta["in_channels"]):
             raise WeightsError(f"{self.weights}: the classifier takes {meta['in_channels']}-D region descriptors, this "
                                f"index stores {table.descriptors.shape[1]}-D (another trunk tap?)")
