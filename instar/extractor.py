@@ -109,6 +109,10 @@ class Extractor:
         """The image stage: load, crop to `box` at full resolution, shrink."""
         return self.image(path, box)
 
+    def prepare_loaded(self, image, box: Sequence[float] | None = None, *, path: Path | str = "image"):
+        """The image stage on an image already loaded (`images.load_image`): crop to `box`, shrink."""
+        return self.image.prepare_loaded(image, box, path=path)
+
     @property
     def stores_regions(self) -> bool:
         """Whether each image also gets region boxes and region descriptors."""

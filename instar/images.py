@@ -312,3 +312,8 @@ class ImageStage:
 
     def __call__(self, path: Path | str, box: Sequence[float] | None = None) -> Image.Image:
         return prepare(path, self.max_size, box)
+
+    def prepare_loaded(self, image: Image.Image, box: Sequence[float] | None = None, *,
+                       path: Path | str = "image") -> Image.Image:
+        """The same as calling it on `path`, for an image already loaded with `load_image` (decoded once)."""
+        return fit_image(image, self.max_size, box, path=path)

@@ -72,10 +72,6 @@ class RegionTable:
         """Inner products of `q` (Dr,) with every region of `positions`, grouped by owner in order, and the
         item ids: (M,) float32, (M,) int64. Reads each image's regions as one slice of the memory map (no gather
         copy); a run of images stored back to back is read as one slice."""
-        if self.descriptors is None:
-            raise ValueError("this index stores region codes and boxes but no float region descriptors "
-                             "(its preset has coding.keep_float_regions = false): use rerank 'ldrh', not a float "
-                             "region stage")
         positions = np.asarray(positions, dtype=np.int64)
         starts, counts = self.starts[positions], self.counts[positions]
         ends = starts + counts
@@ -165,11 +161,17 @@ class Query:
         return self._cache[name]
 
     @cached_property
-    def prepared(self):
-        """The query crop as the extractor describes it (cropped at full resolution, shrunk): a PIL image."""
+    def original(self):
+        """The query image as loaded (EXIF-rotated RGB, full size): decoded once for every representation."""
         if self.image is None:
             raise ValueError("this query is a ready descriptor: it has no image to describe")
-        return self.extractor.load(self.image, self.box)
+        from .images import load_image
+        return load_image(self.image)
+
+    @cached_property
+    def prepared(self):
+        """The query crop as the extractor describes it (cropped at full resolution, shrunk): a PIL image."""
+        return self.extractor.prepare_loaded(self.original, self.box, path=self.image)
 
     @cached_property
     def features(self):
@@ -194,12 +196,12 @@ class Query:
         stored regions (Salvador et al. sec. 3.3, CA-SR's query)."""
         if self.image is None:
             raise ValueError("a region descriptor of the query needs the query image, not only a ready descriptor")
-        from .images import check_box, load_image
-        full = self.extractor.load(self.image)
+        from .images import check_box
+        original = self.original
+        full = self.extractor.prepare_loaded(original, path=self.image)
         if self.box is None:
             box = (0.0, 0.0, float(full.width), float(full.height))
         else:
-            original = load_image(self.image)
             x0, y0, x1, y1 = check_box(self.box, original.width, original.height, source=f"{self.image}: box")
             sx, sy = full.width / original.width, full.height / original.height
             box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
@@ -208,7 +210,7 @@ class Query:
     def with_vector(self, vector: np.ndarray) -> "Query":
         """The same query with another global vector (query expansion), keeping its other representations."""
         q = Query(self.extractor, self.image, self.box, vector)
-        for name in ("box_descriptor", "prepared", "features"):
+        for name in ("box_descriptor", "original", "prepared", "features"):
             if name in self.__dict__:
                 q.__dict__[name] = self.__dict__[name]
         q._memo = self._memo
