@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 
 from local_features_cache import describe_dataset, fitted_extractor  # noqa: E402
 
-from instar.asmk import aggregate  # noqa: E402
-from instar.inverted_file import from_aggregated  # noqa: E402
+from instar.asmk.kernel import aggregate  # noqa: E402
+from instar.asmk.inverted_file import from_aggregated  # noqa: E402
 
 
 REPEAT = 15  # each query is timed this many times on each side, the two sides alternating; per step its fastest kept

@@ -30,9 +30,11 @@ import numpy as np
 
 from local_features_cache import describe_dataset, fitted_extractor, rpn_boxes
 
-from instar.asmk import aggregate, pack_signs, reduce_items, region_members, with_whole_image
-from instar.inverted_file import from_aggregated
-from instar.spatial import SpatialVerification
+from instar.asmk.kernel import aggregate, region_members, with_whole_image
+from instar.core.binary import pack_signs
+from instar.core.groups import reduce_items
+from instar.asmk.inverted_file import from_aggregated
+from instar.search.rerank.sp import SpatialVerification
 
 SS_COUNTS = (1, 2, 5, 10, 20, 50)
 SP_ROWS = {("ASMK*", None), ("D2R-R-ASMK*", ("rpn", 5))}  # rows also re-ranked by spatial verification

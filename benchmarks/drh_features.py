@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instar import images as imgs
+from instar.extract import images as imgs
 from instar.evaluation.datasets import load_dataset
-from instar.features.cnn import CNNFeatures, feature_maps
-from instar.pooling import mac
-from instar.whitening import l2n
+from instar.extract.features.cnn import CNNFeatures, feature_maps
+from instar.extract.pooling.functional import mac
+from instar.core.norms import l2n
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCALES = (1.0, 1 / math.sqrt(2), 0.5)

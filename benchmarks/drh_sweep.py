@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instar.coding import CODES, REGION_CODES
-from instar.pooling import region_mac
-from instar.regions.sliding import sliding_windows
-from instar.registry import CODINGS
+from instar.store.columns import CODES, REGION_CODES
+from instar.extract.pooling.functional import region_mac
+from instar.extract.regions.sliding import sliding_windows
+from instar.core.registry import CODINGS
 from instar.search import Database, Query, RegionTable, SearchPipeline
 from instar.presets import load_preset
-from instar.whitening import l2n
+from instar.core.norms import l2n
 
 import drh_features as feats
 
@@ -161,7 +161,7 @@ def table1(args, datasets) -> None:
                             print(json.dumps({**row, "skipped": str(e)[:80]}), flush=True)
                             continue
                         dbc, qc = coder.codes(db.vectors), coder.codes(q.vectors)
-                        from instar import hamming
+                        from instar.core import binary as hamming
                         _, ranks = hamming.knn(dbc, qc, len(dbc))
                         print(json.dumps({**row, **score(ds, ranks), "fit_s": round(secs, 1), **bit_stats(dbc)}), flush=True)
 
@@ -227,7 +227,7 @@ def collapse(args, datasets) -> None:
             coder, secs = fit("drh", args.bits_one, train, params, cache=False)  # its history is the point
             for h in coder.history:
                 print(json.dumps({"data": name, "objective": objective, **{k: round(v, 4) for k, v in h.items()}}))
-            from instar import hamming
+            from instar.core import binary as hamming
             dbc = coder.codes(db.vectors)
             _, ranks = hamming.knn(dbc, coder.codes(q.vectors), len(dbc))
             print(json.dumps({"data": name, "objective": objective, "bits": args.bits_one, **score(ds, ranks),

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from instar.demo import build_demo
-from instar.extractor import Extractor
-from instar.images import list_images
+from instar.tools.demo import build_demo
+from instar.extract.extractor import Extractor
+from instar.extract.images import list_images
 from instar.presets import builtin_names, load_preset
 
 

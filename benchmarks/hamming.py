@@ -32,9 +32,11 @@ import faiss
 import numpy as np
 import torch
 
-from instar import hamming
-from instar.coding import CODES, REGION_CODES
-from instar.drh import LocalRegionHashing, global_query_expansion, local_query_expansion, similarity
+from instar.core import binary as hamming
+from instar.store.columns import CODES, REGION_CODES
+from instar.search.rerank.ldrh import LocalRegionHashing
+from instar.search.expansion.drh import global_query_expansion, local_query_expansion
+from instar.search.codes import similarity
 from instar.presets import load_preset
 from instar.search import Database, Query, Ranking, RegionTable, SearchPipeline
 

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from instar import Index, list_images
-from instar.index import GLOBAL
+from instar.store.columns import GLOBAL
 from instar.presets import load_preset
 
 FAST = {"pooling.k": "8", "features.max_keypoints": "300", "image.max_size": "256"}

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from instar import images as imgs
+from instar.extract import images as imgs
 from instar.evaluation.datasets import load_dataset
-from instar.extractor import Extractor
+from instar.extract.extractor import Extractor
 from instar.presets import load_preset
-from instar.regions import RMACGrid
-from instar.regions.selective_search import selective_search
+from instar.extract.regions.grids import RMACGrid
+from instar.extract.regions.selective_search import selective_search
 
 MAX_SS = 50
 RMAC_LEVELS = (1, 2, 3)
@@ -105,12 +105,12 @@ def rpn_boxes(dataset: str, data: Path, cache: Path, max_size: int, top: int = M
     if path.is_file():
         with np.load(path) as z:
             return _split(z["boxes"], z["n"])
-    from instar.features.cnn import feature_maps
-    from instar.regions import MapGeometry
-    from instar.regions.rpn import RPNProposals
+    from instar.extract.features.cnn import feature_maps
+    from instar.extract.regions import MapGeometry
+    from instar.extract.regions.rpn import RPNProposals
     ds = load_dataset(dataset, data=data)
     stage = RPNProposals(top=top)
-    from instar.registry import TRUNKS
+    from instar.core.registry import TRUNKS
     model, _ = TRUNKS.entry(stage.arch).factory("imagenet", stage.layer, None)
     out = []
     t0 = time.perf_counter()

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from instar.extractor import Extractor
-from instar.features.cnn import IMAGENET_MEAN, IMAGENET_STD, image_tensor
-from instar.images import list_images, load_image, resize_longest
+from instar.extract.extractor import Extractor
+from instar.extract.features.cnn import IMAGENET_MEAN, IMAGENET_STD, image_tensor
+from instar.extract.images import list_images, load_image, resize_longest
 from instar.presets import load_preset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

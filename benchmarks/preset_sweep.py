@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instar import images as imgs
+from instar.extract import images as imgs
 from instar.evaluation.datasets import load_dataset
-from instar.features.cnn import CNNFeatures, feature_maps
-from instar.pooling import crow, gem, mac, region_mac, spoc, sum_pool
-from instar.regions import rmac_regions
-from instar.whitening import PCAWhitening, l2n
+from instar.extract.features.cnn import CNNFeatures, feature_maps
+from instar.extract.pooling.functional import crow, gem, mac, region_mac, spoc, sum_pool
+from instar.extract.regions import rmac_regions
+from instar.extract.whitening import PCAWhitening
+from instar.core.norms import l2n
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCALES = (1.0, 1 / math.sqrt(2), 0.5)

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instar.features.cnn import feature_maps
-from instar.features.efficientnet import load_efficientnet_lite
-from instar.images import load_image, resize_longest
-from instar.matching import read_boxes_json
-from instar.regions import MapGeometry
-from instar.regions.rpn import DEFAULT_WEIGHTS, box_iou
-from instar.registry import REGIONS
-from instar.stages import SECTIONS  # noqa: F401  (registers the entries)
+from instar.extract.features.cnn import feature_maps
+from instar.extract.features.efficientnet import load_efficientnet_lite
+from instar.extract.images import load_image, resize_longest
+from instar.tools.matching import read_boxes_json
+from instar.extract.regions import MapGeometry
+from instar.extract.regions.rpn import DEFAULT_WEIGHTS
+from instar.core.boxes import iou_matrix as box_iou
+from instar.core.registry import REGIONS
+from instar.core.registry import SECTIONS  # noqa: F401  (registers the entries)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BOXES = Path(__file__).resolve().parents[1] / "instar" / "data" / "smvs-dvd-covers-boxes.json"

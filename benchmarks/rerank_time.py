@@ -19,8 +19,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from instar.filter import GlobalKNN, RegionalSearch
-from instar.rerank import CASR
+from instar.search.filter.knn import GlobalKNN
+from instar.search.filter.regional import RegionalSearch
+from instar.search.rerank.ca_sr import CASR
 from instar.search import Database, Query, RegionTable
 
 

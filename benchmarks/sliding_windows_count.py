@@ -18,12 +18,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from instar.features.cnn import feature_maps
-from instar.features.efficientnet import load_efficientnet_lite
-from instar.images import list_images, prepare
-from instar.regions import MapGeometry
-from instar.registry import REGIONS
-from instar.stages import SECTIONS  # noqa: F401  (registers the entries)
+from instar.extract.features.cnn import feature_maps
+from instar.extract.features.efficientnet import load_efficientnet_lite
+from instar.extract.images import list_images, prepare
+from instar.extract.regions import MapGeometry
+from instar.core.registry import REGIONS
+from instar.core.registry import SECTIONS  # noqa: F401  (registers the entries)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAPER = {0.4: 21, 0.5: 36, 0.6: 40, 0.7: 60}

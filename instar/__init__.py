@@ -5,8 +5,9 @@
     index.add(list_images("photos/"), root="photos/")
     hits = search(index, "query.jpg", box=(120, 40, 380, 300), k=20)
 """
-from .extractor import Extractor
-from .images import ImageLoadError, list_images
+from . import catalog  # noqa: F401  (registers every built-in stage entry)
+from .extract.extractor import Extractor
+from .extract.images import ImageLoadError, list_images
 from .index import Index
 from .presets import Preset, load_preset
 from .search import Hit, search

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -13,11 +12,11 @@ from typing import NoReturn, Optional
 import typer
 from tqdm import tqdm
 
-from .images import ImageLoadError, list_images
+from .core.boxes import parse_box
+from .core.registry import EXPANSIONS
+from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
-from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset
-from .registry import EXPANSIONS
-from . import stages  # noqa: F401  (registers every stage entry, for --expansion choices)
+from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="instar: instance-level image search (index a folder, search it with an image or a box, evaluate presets).")
@@ -30,12 +29,10 @@ def _progress(quiet: bool):
 
 
 def _overrides(sets: list[str] | None, weights: str | None) -> dict:
-    out = {}
-    for item in sets or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise typer.BadParameter(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. pooling.p=4")
-        out[key.strip()] = value.strip()
+    try:
+        out = parse_settings(sets)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if weights:
         out["features.weights"] = weights
     return out
@@ -46,14 +43,9 @@ def _parse_box(box: str | None, query: Path):
     if box is None:
         return None
     try:
-        values = [float(v) for v in box.split(",")]
-    except ValueError:
-        _fail(f"{query}: --box {box!r}: expected four numbers x0,y0,x1,y1")
-    if len(values) != 4:
-        _fail(f"{query}: --box {box!r}: expected four numbers x0,y0,x1,y1, got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        _fail(f"{query}: --box {box!r}: every value must be a finite number")
-    return values
+        return list(parse_box(box))
+    except ValueError as e:
+        _fail(f"{query}: --box {box!r}: {e}")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -152,8 +144,8 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
            html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
-    from .report import write_hits_html
     from .search import search as run_search
+    from .tools.report import write_hits_html
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
     if expansion is not None and expansion not in EXPANSIONS:
@@ -265,11 +257,11 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
          preset: str = typer.Option(DEFAULT_PRESET, help="Preset to run."),
          quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Build the demo collection from scikit-image's photographs, index it, evaluate it and write an HTML page of hits."""
-    from .demo import build_demo
+    from .tools.demo import build_demo
     from .evaluation.datasets import load_dataset
     from .evaluation.evaluate import evaluate
-    from .report import write_hits_html
     from .search import search as run_search
+    from .tools.report import write_hits_html
     collection = build_demo(out / "collection")
     ds = load_dataset("folder", data=collection)
     result = evaluate(ds, preset, train=collection / "train", workdir=out, progress=_progress(quiet))
@@ -298,7 +290,7 @@ def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
     """Serve the index over HTTP: the search page at /, the API at /search, /images, /stats (docs at /docs)."""
     import uvicorn
 
-    from .server import create_app
+    from .server.app import create_app
     if not max_upload_mb > 0:
         _fail(f"--max-upload-mb {max_upload_mb}: must be positive")
     try:
@@ -323,7 +315,7 @@ def estimate_boxes(folder: Path = typer.Argument(..., metavar="DIR", help="One s
                    quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Estimate each image's object box by RootSIFT matching verified by a RANSAC homography, and write them as a
     ground-truth JSON file (boxes in the original images' pixels, null where matching failed)."""
-    from .matching import MatchingError, boxes_from_object_folders, boxes_from_references, write_boxes_json
+    from .tools.matching import MatchingError, boxes_from_object_folders, boxes_from_references, write_boxes_json
     if mode not in ("auto", "frame", "inliers"):
         _fail(f"--mode {mode!r}: expected auto, frame or inliers")
     if min_inliers < 4:
@@ -372,9 +364,9 @@ def train_proposals(folder: Path = typer.Argument(..., metavar="DIR", help="Imag
                     quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Train a region proposal network head (3x3 conv, objectness and box-regression 1x1 convs over 9 anchors per
     cell) on a frozen trunk's map, from boxes estimated by matching; prints the loss per epoch."""
-    from .features.cnn import WeightsError
-    from .matching import MatchingError
-    from .regions.rpn_train import TrainingError, collect_samples, save_checkpoint, train_rpn
+    from .core.checkpoints import WeightsError
+    from .tools.matching import MatchingError
+    from .learning.rpn import TrainingError, collect_samples, save_checkpoint, train_rpn
     if epochs < 1:
         _fail(f"--epochs {epochs}: must be at least 1")
     if out.is_dir():
@@ -429,11 +421,11 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
     """Train an R-MAC network (trunk's last blocks + the "PCA" layer) with a ranking loss and hard-negative mining
     on your own photos; prints the loss and the mAP per epoch and writes a .pth usable wherever --weights is."""
     from .evaluation.datasets import DatasetError
-    from .features.cnn import WeightsError
+    from .core.checkpoints import WeightsError
     from .learning.command import state_path_of, train_command
     from .learning.rmac_net import LearningError
     from .learning.train import TrainConfig
-    from .matching import MatchingError
+    from .tools.matching import MatchingError
     if val_data is not None and val_dataset is None:
         _fail("--val-data names the folder of a --val-dataset; give the dataset's name too")
     try:
@@ -470,7 +462,7 @@ def train_cs_sr(dataset: str = typer.Argument(..., help="Benchmark whose query b
     """Fine-tune CS-SR's classifier (Salvador et al. sec. 3.2) on a benchmark's query boxes and their flips, one class
     per query object plus background; re-rank with --set rerank.method=cs-sr --set rerank.weights=OUT."""
     from .evaluation.datasets import DatasetError, load_dataset
-    from .features.cnn import WeightsError
+    from .core.checkpoints import WeightsError
     from .learning.cssr import checkpoint_summary, train_cssr
     from .learning.rmac_net import LearningError
     from .learning.train import save_model

@@ -44,17 +44,18 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import images as imgs
-from .extractor import Extractor, Progress, _no_progress
+from .core.progress import Progress, no_progress
+from .extract import images as imgs
+from .extract.extractor import Extractor
 from .presets import Preset, preset_from_toml
 from .store import TABLES as STORE_TABLES
 from .store import Column, Snapshot, Store, StoreError, connect
+from .store.columns import BOXES, GLOBAL, REGIONS
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 DATABASE, MODEL = "index.sqlite", "model.npz"
-GLOBAL, BOXES, REGIONS = "global", "boxes", "regions"
 
 
 def columns_for(extractor: Extractor) -> tuple[Column, ...]:
@@ -174,7 +175,7 @@ class Index:
     # --- creation and opening ------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path | str, preset: Preset, train: Sequence[Path] = (), *, trained_on: str = "",
-               progress: Progress = _no_progress, weights_mirror: str | None = None) -> "Index":
+               progress: Progress = no_progress, weights_mirror: str | None = None) -> "Index":
         """Create a new index at `path`, fitting the preset's learned stages on the `train` image files.
 
         The directory appears only once fitting has finished (built aside, then renamed), so an interrupted
@@ -298,14 +299,10 @@ class Index:
         """A consistent read-only view: committed rows, which are live, memory maps of their data."""
         return self.store.snapshot()
 
-    def live_rows(self) -> np.ndarray:
-        """Rows of the live images, ascending."""
-        return self.snapshot().live_rows()
-
     @property
     def vectors(self) -> np.ndarray:
         """(N, D) float32 memory-mapped descriptors of all N committed rows, row i = the image with `row` i,
-        L2-normalised. Rows of removed images are still there: restrict to `live_rows()` (search does)."""
+        L2-normalised. Rows of removed images are still there: restrict to `snapshot().live_rows()` (search does)."""
         snap = self.snapshot()
         if snap.n_rows == 0:
             return np.zeros((0, max(self.dim, 1)), dtype=np.float32)
@@ -338,7 +335,7 @@ class Index:
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, paths: Iterable[Path | str], *, root: Path | str | None = None, batch_size: int = 16,
-            progress: Progress = _no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+            progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         """Describe and store images not yet indexed; skip unchanged ones; re-describe changed files.
 
         `root` makes the stored `name` relative to it. A changed file gets a new row and its old row is
@@ -357,7 +354,7 @@ class Index:
         return self._add(items, batch_size=batch_size, progress=progress, on_batch=on_batch)
 
     def reextract(self, records: Sequence[ImageRecord], *, batch_size: int = 16,
-                  progress: Progress = _no_progress) -> AddReport:
+                  progress: Progress = no_progress) -> AddReport:
         """Describe these images again from their files and store them as new rows (e.g. the damaged rows
         `verify` found); one whose file cannot be used any more is removed and recorded as a failure."""
         items = [(Path(r.path), r.name) for r in records]
@@ -383,7 +380,7 @@ class Index:
         return image.width, image.height, data
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,
-             progress: Progress = _no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         report = AddReport()
         with self.store.writer() as w:
             pending: list[_Pending] = []

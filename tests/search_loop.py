@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from instar import Index, search
-from instar.index import GLOBAL
+from instar.store.columns import GLOBAL
 
 
 def main(index: Path, query: Path, stop: Path, log: Path) -> None:

@@ -3,10 +3,11 @@ directly, the inverted file against brute force, and add / remove through a real
 import numpy as np
 import pytest
 
-from instar import inverted_file
-from instar.asmk import (Aggregated, aggregate, binary_similarity, kernel_value, pack_signs, reduce_items,
-                         region_members, selectivity, with_whole_image)
-from instar.inverted_file import from_aggregated
+from instar.asmk import inverted_file
+from instar.asmk.kernel import Aggregated, aggregate, kernel_value, region_members, selectivity, with_whole_image
+from instar.core.binary import binary_similarity, pack_signs
+from instar.core.groups import reduce_items
+from instar.asmk.inverted_file import from_aggregated
 
 C = np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0]], np.float32)  # 3 visual words in 4-D
 
@@ -204,7 +205,7 @@ def test_add_and_remove_through_a_real_index(tmp_path, photos):
 
 def test_search_stages_state_what_the_index_must_store():
     from instar.presets import PresetError, load_preset
-    from instar.stages import fitting_entries
+    from instar.presets.rules import fitting_entries
     with pytest.raises(PresetError, match="filter.method 'asmk' searches aggregated local features"):
         load_preset("rootsift-vlad").with_overrides({"filter.method": "asmk"})
     with pytest.raises(PresetError, match="pooling.points = true"):
@@ -213,6 +214,6 @@ def test_search_stages_state_what_the_index_must_store():
     assert "asmk" not in fitting_entries(load_preset("rootsift-vlad").sections, "filter")
     assert set(fitting_entries(load_preset("d2r-r-asmk-star-lite0-sp").sections, "rerank")) == {"none", "sp"}
     assert {"knn", "asmk"} <= set(fitting_entries(load_preset("asmk-star-lite0").sections, "filter"))
-    from instar.extractor import Extractor
+    from instar.extract.extractor import Extractor
     with pytest.raises(ValueError, match="Naive-R-ASMK"):  # refused when the stage is built (index creation)
         Extractor(load_preset("asmk-rootsift").with_overrides({"pooling.aggregation": "naive", "pooling.binary": "true"}))

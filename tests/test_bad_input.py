@@ -172,7 +172,7 @@ def test_odd_but_valid_query_finds_its_source(corpus, unchanged, name, expected)
 
 
 def test_16bit_grey_is_scaled_not_clipped(corpus, photos):
-    from instar.images import load_image
+    from instar.extract.images import load_image
     grey16 = np.asarray(load_image(corpus / "gray16.png"))[..., 0].astype(float)
     grey8 = np.asarray(Image.open(photos / "coffee.jpg").convert("L"), dtype=float)
     assert abs(grey16.mean() - grey8.mean()) < 1 and np.abs(grey16 - grey8).max() <= 1  # not 99 % white
@@ -369,7 +369,7 @@ def test_deleted_photo_placeholder_remove_and_prune(photos, tmp_path):
 
 
 def test_symlink_problems_are_reported_by_list_images(corpus):
-    from instar.images import list_images
+    from instar.extract.images import list_images
     problems = []
     found = list_images(corpus, problems=problems)
     assert {p.name for p in found} == set(SKIPPED) - {"loop_a.jpg", "loop_b.jpg", "dangling.jpg"} | ADDED

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from instar.features import cnn
+from instar.extract.features import cnn
 
 # torchvision VGG16 ('D') conv layers inside `features`: index -> (out, in)
 VGG16_CONVS = {

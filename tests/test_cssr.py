@@ -12,8 +12,9 @@ from conftest import skimage_photo
 from instar.cli import app
 from instar.evaluation.datasets import Dataset, Query
 from instar.evaluation.evaluate import evaluate
-from instar.features.efficientnet import load_efficientnet_lite
-from instar.learning.cssr import load_cssr, query_objects, train_cssr
+from instar.extract.features.efficientnet import load_efficientnet_lite
+from instar.search.rerank.cs_sr import load_cssr
+from instar.learning.cssr import query_objects, train_cssr
 from instar.learning.train import save_model
 from instar.presets import PresetError, load_preset
 

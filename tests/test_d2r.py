@@ -10,13 +10,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from instar.cli import app
-from instar.evaluation.evaluate import box_iou
+from instar.core.boxes import paired_iou as box_iou
 
 from conftest import skimage_photo
 
 
 def test_deep_local_features_positions_attention_and_whitening():
-    from instar.features.deep_local import DeepLocalFeatures, map_positions
+    from instar.extract.features.deep_local import DeepLocalFeatures, map_positions
     # cell centres: a 2x3 map of a 96x64 input at scale 0.5 of a 192x128 image -> centres 32 px apart, first at 16
     xy = map_positions((2, 3), (96, 64), (0.5, 0.5))
     assert xy[:3, 0].tolist() == [32.0, 96.0, 160.0] and xy[0].tolist() == [32.0, 32.0] and xy[3, 1] == 96.0
@@ -65,7 +65,7 @@ def test_spatial_verification_finds_a_known_affine_warp_and_localises_it(tmp_pat
     from instar import Index, list_images, search
     from instar.presets import load_preset
     from instar.search import Database, Query
-    from instar.spatial import tentative_matches, verify
+    from instar.search.rerank.sp import tentative_matches, verify
 
     folder, query, A = _warped_scene(tmp_path)
     preset = load_preset("asmk-rootsift").with_overrides({
@@ -89,7 +89,7 @@ def test_spatial_verification_finds_a_known_affine_warp_and_localises_it(tmp_pat
         codes = (q.features.descriptors - stage.codebook.centroids[words])
         row = hits[0].row
         snap = db.snapshot
-        from instar.asmk import pack_signs
+        from instar.core.binary import pack_signs
         qi, di = tentative_matches(words, pack_signs(codes), np.asarray(snap.get("local_words", row)),
                                    np.asarray(snap.get("local_codes", row)), 128, 0.25)
         n, M, _ = verify(q.features.points[qi, :2], np.asarray(snap.get("local_xy", row))[di], threshold=4)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instar.demo import DEMO_MARKER, build_demo
+from instar.tools.demo import DEMO_MARKER, build_demo
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_query_objects_are_matched_in_positives_not_in_distractors(demo: Path) -
 
 def test_recorded_boxes_are_where_matching_finds_the_object(demo: Path) -> None:
     """The box stored for each positive agrees with the query crop's frame projected by a RootSIFT homography."""
-    from instar.evaluation.evaluate import box_iou
+    from instar.core.boxes import paired_iou as box_iou
     meta = _meta(demo)
     ious = []
     for q in meta["queries"]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from instar import Index, evaluate, search
-from instar.demo import build_demo
+from instar.tools.demo import build_demo
 from instar.evaluation.datasets import load_dataset
 from instar.presets import DEFAULT_PRESET, load_preset
 

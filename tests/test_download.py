@@ -16,7 +16,7 @@ from PIL import Image
 from instar.evaluation import download as dl
 from instar.evaluation.datasets import load_dataset
 from instar.evaluation.download import DownloadError, UnsafeArchiveError, download_dataset, extract_archive
-from instar.urls import mirror_url
+from instar.core.urls import mirror_url
 
 
 def _jpg_bytes(color=(10, 200, 30)) -> bytes:

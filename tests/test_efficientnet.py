@@ -11,15 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 
-from instar.features import efficientnet as eff
-from instar.features.cnn import WeightsError
-from instar.features.efficientnet import (
-    LITE_LAYERS,
-    LITE_VARIANTS,
-    EfficientNetLite,
-    lite_input_tensor,
-    load_efficientnet_lite,
-)
+from instar.extract.features import efficientnet as eff
+from instar.extract.features.cnn import WeightsError
+from instar.extract.features.efficientnet import LITE_LAYERS, LITE_VARIANTS, EfficientNetLite, lite_input_tensor, load_efficientnet_lite
 
 
 RESOLUTION = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}

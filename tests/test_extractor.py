@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from instar import list_images, load_preset
-from instar.extractor import Extractor
-from instar.features.cnn import feature_maps
-from instar.pooling import gem, rmac
-from instar.regions import rmac_regions
-from instar.whitening import l2n
+from instar.extract.extractor import Extractor
+from instar.extract.features.cnn import feature_maps
+from instar.extract.pooling.functional import gem, rmac
+from instar.extract.regions import rmac_regions
+from instar.core.norms import l2n
 
 SMALL = {"features.weights": "random:0", "image.max_size": "128"}
 
@@ -57,7 +57,7 @@ def test_describing_before_fitting_is_an_error(photos):
 def test_box_query_describes_the_crop(photos, fast_preset):
     ex = Extractor(fast_preset).fit(list_images(photos))
     path = photos / "astronaut.jpg"
-    from instar.images import crop_box, load_image, resize_longest
+    from instar.extract.images import crop_box, load_image, resize_longest
     crop = resize_longest(crop_box(load_image(path), (20, 20, 200, 200)), 256)
     assert np.allclose(ex.describe(path, box=(20, 20, 200, 200)), ex.describe_image(crop))
     assert not np.allclose(ex.describe(path, box=(20, 20, 200, 200)), ex.describe(path))

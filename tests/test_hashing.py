@@ -3,10 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from instar import hamming
-from instar.coding import CODES, REGION_CODES, DRHHashing, ITQ, LSH, PCASign, drh_objective, pack, unpack
-from instar.drh import (GlobalRegionHashingQE, GlobalRegionHashingSearch, LocalRegionHashing, LocalRegionHashingQE,
-                        RegionHashingQE)
+from instar.core import binary as hamming
+from instar.store.columns import CODES, REGION_CODES
+from instar.extract.coding import DRHHashing, ITQ, LSH, PCASign, drh_objective
+from instar.core.binary import pack, unpack
+from instar.search.expansion.drh import GlobalRegionHashingQE, LocalRegionHashingQE, RegionHashingQE
+from instar.search.filter.hamming import GlobalRegionHashingSearch
+from instar.search.rerank.ldrh import LocalRegionHashing
 from instar.presets import PresetError, load_preset
 from instar.search import Database, Query, Ranking, RegionTable, SearchPipeline
 
@@ -237,7 +240,7 @@ def test_gqe_scores_each_candidate_by_its_best_match_among_the_top_q_global_code
     r = GlobalRegionHashingQE(q=1, top=3).before_rerank(db, None, Ranking(np.array([4, 0, 2, 1, 3]), np.zeros(5, np.float32)))
     # top 3 = images 4, 0, 2 scored against image 4 alone: 0, 8, 2 -> 4, 2, 0; images 1, 3 stay behind
     assert r.positions.tolist() == [4, 2, 0, 1, 3]
-    assert GlobalRegionHashingQE()(db, None, r, None, 5) is r  # nothing after the re-ranker
+    assert GlobalRegionHashingQE()(db, None, r, 5) is r  # nothing after the re-ranker
 
 
 def test_lqe_expands_with_the_best_region_codes_of_the_top_q():
@@ -246,12 +249,12 @@ def test_lqe_expands_with_the_best_region_codes_of_the_top_q():
     assert ranked.positions.tolist() == [2, 0, 1]
     # q = 2: expansion codes = image 2's 0b10101010 and image 0's 0b10101011; image 1's region 0b00001111 is
     # 4 and 3 bits from them, image 0's regions 1 and 0, image 2's 0
-    r = LocalRegionHashingQE(q=2, top=3)(db, q, ranked, None, 3)
+    r = LocalRegionHashingQE(q=2, top=3)(db, q, ranked, 3)
     assert r.positions.tolist() == [2, 0, 1] and r.scores.tolist() == [1.0, 1.0, 0.25]
     assert r.boxes.tolist() == ranked.boxes.tolist()  # each hit keeps the box of its region nearest the query
     # q = 1 with image 1 first: its only region 0b00001111 is the expansion code; image 0's 0b10101011 is 3 bits
     # from it, image 2's nearest (0b10101010, 0b00000000) 4
-    r = LocalRegionHashingQE(q=1, top=3)(db, q, Ranking(np.array([1, 2, 0]), np.zeros(3, np.float32)), None, 3)
+    r = LocalRegionHashingQE(q=1, top=3)(db, q, Ranking(np.array([1, 2, 0]), np.zeros(3, np.float32)), 3)
     assert r.positions.tolist() == [1, 0, 2] and r.scores.tolist() == [1.0, 0.25, 0.0]
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instar import images as imgs
+from instar.extract import images as imgs
 
 
 def test_exif_orientation_is_applied(tmp_path):

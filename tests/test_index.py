@@ -53,7 +53,7 @@ def test_add_skips_unchanged_and_redescribes_changed(tmp_path, photos, fast_pres
     after = np.asarray(idx.vectors)
     assert len(idx) == 8 and after.shape == (9, 1024)
     new_row = next(rec.row for rec in idx.records() if rec.name == "rocket.jpg")
-    assert new_row == 8 and old_row not in idx.live_rows().tolist()
+    assert new_row == 8 and old_row not in idx.snapshot().live_rows().tolist()
     assert not np.allclose(after[new_row], before[old_row])
     assert np.array_equal(after[:8], before)  # no stored row moved or changed, the tombstoned one included
     assert idx.verify() == []

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import skimage_photo
 from instar.cli import app
-from instar.extractor import Extractor
-from instar.features.efficientnet import load_efficientnet_lite
+from instar.extract.extractor import Extractor
+from instar.extract.features.efficientnet import load_efficientnet_lite
 from instar.learning.data import read_labelled
 from instar.learning.losses import ContrastiveLoss, TripletLoss, all_vs_all_map
 from instar.learning.mining import components, discount_repeated, mine_groups, shortlist

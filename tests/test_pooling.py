@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from instar import pooling
-from instar.regions import rmac_regions, whole_region
-from instar.whitening import l2n
+from instar.extract.pooling import functional as pooling
+from instar.extract.regions import rmac_regions, whole_region
+from instar.core.norms import l2n
 
 
 @pytest.fixture

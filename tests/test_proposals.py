@@ -13,16 +13,16 @@ from typer.testing import CliRunner
 
 from conftest import skimage_photo
 from instar.cli import app
-from instar.features.cnn import WeightsError
-from instar.matching import box_iou, estimate_box, read_boxes_json, MatchingError
-from instar.regions import MapGeometry
-from instar.regions.rpn import (DEFAULT_WEIGHTS, RPNHead, anchor_shapes, decode, encode, grid_anchors, load_rpn,
-                                nms, packaged_path, PACKAGED_RPN)
-from instar.regions.rpn_train import CachedMap, anchor_labels, train_head
-from instar.regions.selective_search import selective_search
-from instar.regions.sliding import sliding_windows, windows_per_side
-from instar.registry import REGIONS
-from instar.stages import SECTIONS  # noqa: F401  (registers the entries)
+from instar.extract.features.cnn import WeightsError
+from instar.core.boxes import paired_iou as box_iou
+from instar.tools.matching import estimate_box, read_boxes_json, MatchingError
+from instar.extract.regions import MapGeometry
+from instar.extract.regions.rpn import DEFAULT_WEIGHTS, RPNHead, anchor_shapes, decode, encode, grid_anchors, load_rpn, nms, packaged_path, PACKAGED_RPN
+from instar.learning.rpn import CachedMap, anchor_labels, train_head
+from instar.extract.regions.selective_search import selective_search
+from instar.extract.regions.sliding import sliding_windows, windows_per_side
+from instar.core.registry import REGIONS
+from instar.core.registry import SECTIONS  # noqa: F401  (registers the entries)
 
 runner = CliRunner()
 
@@ -200,8 +200,8 @@ def test_packaged_head_loads_strictly_and_proposes_around_the_cover(shared_data)
     trained = rpn.meta["trained_on"]
     assert trained and all(1 <= int(n.rsplit("/", 1)[1][:3]) <= 50 for n in trained)  # never on 051-100
     assert packaged_path(PACKAGED_RPN).stat().st_size < 3_000_000
-    from instar.features.efficientnet import load_efficientnet_lite
-    from instar.features.cnn import feature_maps
+    from instar.extract.features.efficientnet import load_efficientnet_lite
+    from instar.extract.features.cnn import feature_maps
     model, _ = load_efficientnet_lite("efficientnet-lite0", "imagenet", "stride32")
     name = "Canon/071.jpg"  # a held-out cover
     image = Image.open(shared_data / "smvs-dvd-covers" / "jpg" / name).convert("RGB")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from instar.regions import box_to_cells, rmac_regions
+from instar.extract.regions import box_to_cells, rmac_regions
 
 
 def test_square_map_levels():

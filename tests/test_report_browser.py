@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from instar import Index, list_images, search
-from instar.report import write_hits_html
+from instar.tools.report import write_hits_html
 
 PIXEL_AT = """
 const img = document.getElementById(arguments[0]);

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from instar.expansion import AlphaQE, AverageQE
-from instar.filter import GlobalKNN, RegionalSearch
+from instar.search.expansion.qe import AlphaQE, AverageQE
+from instar.search.filter.knn import GlobalKNN
+from instar.search.filter.regional import RegionalSearch
 from instar.presets import load_preset
-from instar.rerank import CASR
+from instar.search.rerank.ca_sr import CASR
 from instar.search import Database, Query, RegionTable, SearchPipeline
 
 
@@ -34,9 +35,9 @@ def test_query_expansion_math(random_db):
     q = unit(x[:1] + 0.1)[0]
     first = GlobalKNN()(db, Query(vector=q), 10)
     top3 = x[first.positions[:3]]
-    r = AverageQE(top=3)(db, Query(vector=q), first, None, 5)
+    r = AverageQE(top=3)(db, Query(vector=q), first, 5)
     assert r.positions.tolist() == np.argsort(-(x @ unit(q + top3.sum(0))))[:5].tolist()
-    r = AlphaQE(top=3, alpha=3.0)(db, Query(vector=q), first, None, 5)
+    r = AlphaQE(top=3, alpha=3.0)(db, Query(vector=q), first, 5)
     w = np.maximum(top3 @ q, 0) ** 3
     assert r.positions.tolist() == np.argsort(-(x @ unit(q + (w[:, None] * top3).sum(0))))[:5].tolist()
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instar.extractor import Extractor
+from instar.extract.extractor import Extractor
 from instar.presets import load_preset
-from instar.registry import POOLINGS, Registry, RegistryError
+from instar.core.registry import POOLINGS, Registry, RegistryError
 
 from conftest import skimage_photo
 

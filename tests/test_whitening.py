@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from instar.whitening import PCAWhitening, l2n, power_normalize
+from instar.extract.whitening import PCAWhitening
+from instar.core.norms import l2n, power_normalize
 
 
 def correlated(n=4000, d=12, seed=0):

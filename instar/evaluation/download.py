@@ -40,8 +40,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from instar.images import IMAGE_EXTENSIONS
-from instar.urls import mirror_url, url_basename
+from ..extract.images import IMAGE_EXTENSIONS
+from ..core.urls import mirror_url, url_basename
 
 __all__ = [
     "DownloadError",

@@ -10,11 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..extractor import Progress, _no_progress
-from ..images import list_images
+from ..core.boxes import paired_iou
+from ..core.progress import Progress, no_progress
+from ..extract.images import list_images
 from ..index import Index, IndexError_
 from ..presets import Preset, load_preset
-from ..search import Database, Query, SearchPipeline
+from ..search import Searcher
 from .datasets import Dataset, Report, load_dataset
 
 # Localisation is measured over the correct hits among the first LOCALISE_TOP of each query's ranking.
@@ -66,21 +67,10 @@ def describe_search(preset: Preset) -> str:
     return ", ".join(parts)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (n, 4) and (n, 4) [x0, y0, x1, y1] -> (n,)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = w * h
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vlad", *, data: Path | str | None = None,
              gnd: Path | str | None = None, images: Path | str | None = None, train: Path | str | Sequence[Path] | None = None,
              workdir: Path | str | None = None, overrides: dict[str, Any] | None = None, expansion: str | None = None,
-             weights_mirror: str | None = None, progress: Progress = _no_progress) -> Evaluation:
+             weights_mirror: str | None = None, progress: Progress = no_progress) -> Evaluation:
     """Run the full protocol of `dataset` with `preset`.
 
     `train` (a folder or a list of image files) is the separate set the preset's codebook/whitening are
@@ -132,17 +122,17 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
                 first = next(pth for pth in resolved if pth not in row_of_path)
                 notes.append(f"WARNING: {len(resolved) - len(present)} of {len(resolved)} database images could not be read "
                              f"and are ranked nowhere (first: {first}: {failed.get(first, 'not indexed')})")
-            db = Database.from_index(index)
+            searcher = Searcher(index, preset=p, expansion=expansion)
+            db, pipeline = searcher.db, searcher.pipeline
             index_of_row = {row_of_path[resolved[i]]: int(i) for i in present}
             db_index = np.array([index_of_row.get(int(r), -1) for r in db.rows], dtype=np.int64)
             sizes = {r.row: (r.width, r.height) for r in index.records()}
-            pipeline = SearchPipeline(p, {"expansion.method": expansion} if expansion else None)
             gt_boxes = getattr(ds, "positive_boxes", None)
             ious: list[float] = []
             rankings = []
             t0 = time.perf_counter()
             for qi, q in enumerate(progress(ds.queries, desc="queries")):
-                ranking = pipeline(db, Query(index.extractor, q.image, q.box), len(db), localise=LOCALISE_TOP)
+                ranking = searcher.rank(searcher.query(q.image, q.box), max(len(db), 1), localise=LOCALISE_TOP)
                 keep = db_index[ranking.positions] >= 0
                 rankings.append(db_index[ranking.positions][keep])
                 if gt_boxes is not None and gt_boxes[qi]:
@@ -153,7 +143,7 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
                             if box is None or not np.all(np.isfinite(box)):
                                 w, h = sizes[int(db.rows[ranking.positions[j]])]
                                 box = np.array([0, 0, w, h], np.float32)
-                            ious.append(float(box_iou(box, np.asarray(gt_boxes[qi][di]))[0]))
+                            ious.append(float(paired_iou(box, np.asarray(gt_boxes[qi][di]))[0]))
             timings["queries+search"] = time.perf_counter() - t0
             ranks = np.stack(rankings) if rankings else np.zeros((0, len(present)), np.int64)
             exp = pipeline.preset["expansion"]["method"]

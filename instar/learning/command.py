@@ -15,19 +15,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core.progress import Progress, no_progress
 from ..presets import Preset
 from .data import read_labelled, unlabelled_folder, write_groups_csv
 from .mining import MAX_KEYPOINTS, SHORTLIST, mine_groups, unwhitened_rmac
 from .rmac_net import LearningError
 from .train import DatasetValidation, Item, LabelledValidation, TrainConfig, Trainer, save_model
-
-
-def _no_progress(it: Iterable, **_: object) -> Iterable:
-    return it
 
 
 @dataclass
@@ -49,7 +46,7 @@ def state_path_of(out: Path) -> Path:
 def train_command(data: Path, preset: Preset, out: Path, config: TrainConfig, *, classes: Sequence[str] = (),
                   unlabelled: bool = False, mine_k: int = SHORTLIST, min_inliers: int = 15, max_partners: int = 0,
                   val: Path | None = None, val_dataset: str | None = None, val_data: Path | None = None,
-                  cache: Path | None = None, progress: Callable[..., Iterable] = _no_progress,
+                  cache: Path | None = None, progress: Progress = no_progress,
                   echo: Callable[[str], None] = print, on_update: Callable[[int], None] | None = None) -> TrainOutcome:
     out = Path(out)
     if out.is_dir():

@@ -34,48 +34,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
-from ..features.cnn import WeightsError, _read_checkpoint, scaled_inputs
-from ..images import check_box, load_image
-from ..pooling import region_mac
-from ..regions import MapGeometry
-from ..registry import RERANKERS
-from ..search import Database, Query, Ranking
-from ..whitening import l2n
+from ..core.boxes import paired_iou
+from ..core.norms import l2n
+from ..core.progress import Progress, no_progress
+from ..extract.features.cnn import scaled_inputs
+from ..extract.extractor import Extractor
+from ..extract.images import check_box, load_image
+from ..extract.pooling.functional import region_mac
+from ..extract.regions import MapGeometry
+from ..search.rerank.cs_sr import FORMAT, CSSRHead
 from .rmac_net import LearningError, split_trunk
 
-FORMAT = "instar-cssr/1"
 FG_IOU, BG_IOU = 0.5, 0.3
 ROIS_PER_IMAGE, IMAGES_PER_STEP, FG_FRACTION = 64, 2, 0.25
 CACHED_FG, CACHED_BG = 128, 384  # RoIs per image whose features strategy #1 computes once
 TRUNK_LR = 0.1        # the trunk's last stage (strategy #2) learns at a tenth of the classifier's rate
 WEIGHT_DECAY = 5e-4   # Faster R-CNN's
-
-
-def _no_progress(it: Iterable, **_: object) -> Iterable:
-    return it
-
-
-class CSSRHead(nn.Module):
-    """L2-normalised region descriptor (C,) -> fc (hidden) -> ReLU -> fc (K + 1) logits; class 0 is background."""
-
-    def __init__(self, in_channels: int, classes: int, hidden: int = 256):
-        super().__init__()
-        self.fc1 = nn.Linear(in_channels, hidden)
-        self.fc2 = nn.Linear(hidden, classes + 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-
-# ----------------------------------------------------------------------------- training set
 
 
 @dataclass
@@ -128,15 +109,6 @@ def all_cell_boxes(h: int, w: int) -> np.ndarray:
     return np.stack([x[xi.ravel(), 0], y[yi.ravel(), 0], x[xi.ravel(), 1], y[yi.ravel(), 1]], axis=1)
 
 
-def _iou(boxes: np.ndarray, box) -> np.ndarray:
-    b = np.asarray(box, np.float64)
-    ix = np.clip(np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]), 0, None)
-    iy = np.clip(np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]), 0, None)
-    inter = ix * iy
-    union = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / np.maximum(union, 1e-12)
-
-
 @dataclass
 class TrainingView:
     """One training image (a query image or its flip) on the trunk's first-scale map: `frozen` the frozen part's
@@ -157,7 +129,8 @@ def training_view(extractor, split, image: Image.Image, box, label: int) -> Trai
     h, w = fmap.shape[-2:]
     geometry = MapGeometry.of(image.size, (w, h), getattr(split.model, "stride", 1))
     cells = all_cell_boxes(h, w)
-    iou = _iou(geometry.cells_to_pixels(cells).astype(np.float64), box)
+    pixels = geometry.cells_to_pixels(cells)
+    iou = paired_iou(pixels, np.broadcast_to(np.asarray(box, np.float64), pixels.shape))
     box_cells = geometry.pixels_to_cells(np.asarray([box], np.float32))
     fg = np.concatenate([box_cells, cells[iou >= FG_IOU]])
     return TrainingView(pre, fmap, fg, cells[iou < BG_IOU], box_cells, label)
@@ -179,7 +152,7 @@ def _draw(cells: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_cssr(dataset, preset, *, strategy: int = 1, train_blocks: int = 1, steps: int = 1000, lr: float = 1e-3,
-               hidden: int = 256, seed: int = 0, progress: Callable[..., Iterable] = _no_progress,
+               hidden: int = 256, seed: int = 0, progress: Progress = no_progress,
                echo: Callable[[str], None] = print) -> dict:
     """Fine-tune CS-SR's classifier (and for strategy #2 the trunk's last stage) on `dataset`'s query boxes and
     their flips; returns the checkpoint (see the module docstring)."""
@@ -193,7 +166,6 @@ def train_cssr(dataset, preset, *, strategy: int = 1, train_blocks: int = 1, ste
     if preset["region_pooling"]["method"] != "max":
         raise LearningError(f"preset {preset.name!r}: CS-SR classifies the RPA-max region descriptors an index stores; "
                             "set region_pooling.method = max (and a regions.method)")
-    from ..extractor import Extractor  # (the extractor imports every stage, this module's re-ranker included)
     extractor = Extractor(preset)
     objects, names = query_objects(dataset)
     split = split_trunk(extractor.model, preset["features"]["arch"], train_blocks if strategy == 2 else 0)
@@ -276,82 +248,6 @@ def train_cssr(dataset, preset, *, strategy: int = 1, train_blocks: int = 1, ste
 
 
 # ----------------------------------------------------------------------------- the re-ranker
-
-
-def load_cssr(weights: str) -> tuple[CSSRHead, dict]:
-    """The classifier of a checkpoint `instar train-cs-sr` wrote; WeightsError naming the file otherwise."""
-    if not weights:
-        raise WeightsError("rerank.method = 'cs-sr' needs rerank.weights: the classifier .pth instar train-cs-sr wrote")
-    obj = _read_checkpoint(weights)
-    meta = obj.get("meta") if isinstance(obj, dict) else None
-    sd = obj.get("state_dict") if isinstance(obj, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(sd, dict):
-        raise WeightsError(f"{weights}: not a CS-SR classifier (instar train-cs-sr writes one)")
-    head_sd = {k[len("cssr."):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith("cssr.")}
-    try:
-        head = CSSRHead(int(meta["in_channels"]), len(meta["classes"]), int(meta["hidden"]))
-        head.load_state_dict(head_sd, strict=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        raise WeightsError(f"{weights}: damaged CS-SR classifier ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return head.eval(), meta
-
-
-@RERANKERS.register("cs-sr", region_pooling=("max",))
-class CSSR:
-    """CS-SR: the top N re-scored by their best region's class probability for the query's object (Salvador et al. sec. 3.3)."""
-    needs_regions = True
-    reads_region_descriptors = True
-
-    def __init__(self, *, weights: str = "", top: int = 100):
-        self.weights, self.top = weights, top
-        self._head: tuple[CSSRHead, dict] | None = None
-
-    def head(self) -> tuple[CSSRHead, dict]:
-        if self._head is None:
-            self._head = load_cssr(self.weights)
-        return self._head
-
-    def query_class(self, query: Query) -> int:
-        """The object (1..K) the classifier gives the query box."""
-        head, _ = self.head()
-        q = torch.from_numpy(np.asarray(query.box_descriptor, np.float32))[None]
-        with torch.no_grad():
-            return int(head(q)[0, 1:].argmax()) + 1
-
-    def best_regions(self, db: Database, query: Query, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each of `positions`: its best region's probability of the query's object, and that region's box
-        (original pixels); (n,) float32, (n, 4) float32 (NaN where an image has no region)."""
-        head, meta = self.head()
-        table = db.require_regions("rerank.method = 'cs-sr'", descriptors=True)
-        if table.descriptors.shape[1] != int(meta["in_channels"]):
-            raise WeightsError(f"{self.weights}: the classifier takes {meta['in_channels']}-D region descriptors, this "
-                               f"index stores {table.descriptors.shape[1]}-D (another trunk tap?)")
-        k = self.query_class(query)
-        scores = np.full(len(positions), -np.inf, np.float32)
-        boxes = np.full((len(positions), 4), np.nan, np.float32)
-        with torch.no_grad():
-            for n, pos in enumerate(np.asarray(positions, np.int64)):
-                start, count = int(table.starts[pos]), int(table.counts[pos])
-                if count == 0:
-                    continue
-                x = torch.from_numpy(np.array(table.descriptors[start:start + count], np.float32))
-                p = F.softmax(head(x), dim=1)[:, k]
-                best = int(p.argmax())
-                scores[n] = float(p[best])
-                boxes[n] = table.boxes[start + best]
-        return scores, boxes
-
-    def __call__(self, db: Database, query: Query, ranking: Ranking) -> Ranking:
-        n = min(self.top, len(ranking))
-        scores, boxes = self.best_regions(db, query, ranking.positions[:n])
-        order = np.argsort(-scores, kind="stable")
-        tail = len(ranking) - n
-        return Ranking(np.concatenate([ranking.positions[:n][order], ranking.positions[n:]]),
-                       np.concatenate([scores[order], ranking.scores[n:]]),
-                       np.concatenate([boxes[order], np.full((tail, 4), np.nan, np.float32)]))
-
-    def localise(self, db: Database, query: Query, positions: np.ndarray) -> np.ndarray:
-        return self.best_regions(db, query, positions)[1]
 
 
 def checkpoint_summary(ckpt: dict) -> str:

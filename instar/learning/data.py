@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..images import list_images
+from ..extract.images import list_images
 from .rmac_net import LearningError
 
 IMAGE_COLUMNS = ("image", "path", "file")

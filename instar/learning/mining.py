@@ -22,22 +22,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..images import ImageLoadError, load_image, resize_longest
-from ..matching import MIN_INLIERS, RATIO, REPROJ_THRESHOLD, image_features, match_keypoints, verify
-from ..whitening import l2n
+from ..core.norms import l2n
+from ..core.progress import Progress, no_progress
+from ..extract.images import ImageLoadError, load_image, resize_longest
+from ..tools.matching import MIN_INLIERS, RATIO, REPROJ_THRESHOLD, image_features, match_keypoints, verify
 from .rmac_net import CachedView
 
 MATCH_SIZE = 1024      # longest side of the images keypoints are detected on
 MAX_KEYPOINTS = 1000   # strongest RootSIFT keypoints per image
 SHORTLIST = 20         # neighbours per image whose pairs are verified
-
-
-def _no_progress(it: Iterable, **_: object) -> Iterable:
-    return it
 
 
 @dataclass
@@ -122,7 +119,7 @@ def discount_repeated(verified: list[tuple[int, int, np.ndarray]], max_partners:
 
 def mine_groups(paths: Sequence[Path], descriptors: np.ndarray, *, k: int = SHORTLIST, min_inliers: int = MIN_INLIERS,
                 max_partners: int = 0, max_keypoints: int = MAX_KEYPOINTS, match_size: int = MATCH_SIZE,
-                ratio: float = RATIO, progress: Callable[..., Iterable] = _no_progress,
+                ratio: float = RATIO, progress: Progress = no_progress,
                 problems: list[tuple[Path, str]] | None = None) -> MinedGroups:
     """Group `paths` (with their global `descriptors` (N, D), L2-normalised, for the shortlist) into objects;
     `max_partners` > 0 discounts repeated structure (see the module docstring)."""

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features.cnn import scaled_inputs
-from ..pooling import region_mac
-from ..whitening import l2n
+from ..core.norms import l2n
+from ..extract.features.cnn import scaled_inputs
+from ..extract.pooling.functional import region_mac
 
 FORMAT = "instar-rmac/1"
 

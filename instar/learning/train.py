@@ -30,13 +30,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..extractor import Extractor
-from ..images import ImageLoadError
+from ..core.progress import Progress, no_progress
+from ..extract.extractor import Extractor
+from ..extract.images import ImageLoadError
 from ..presets import Preset
 from .losses import Mined, all_vs_all_map, make_loss
 from .rmac_net import CachedView, LearningError, RMACNet, cached_view, check_preset, split_trunk
@@ -47,11 +48,6 @@ STATE_FORMAT = "instar-train-state/1"
 GRAD_CHUNK = 32  # images whose trained-part activations one backward pass holds
 CACHE_FORMAT = "instar-train-cache/1"
 
-Progress = Callable[..., Iterable]
-
-
-def _no_progress(it: Iterable, **_: object) -> Iterable:
-    return it
 
 
 @dataclass
@@ -146,7 +142,7 @@ class Trainer:
     """Builds the preset's extractor and network, caches the frozen trunk's outputs, and trains."""
     preset: Preset
     config: TrainConfig = field(default_factory=TrainConfig)
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     echo: Callable[[str], None] = print
     cache_path: Path | None = None
 

@@ -8,15 +8,34 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core.registry import SEARCH_SECTIONS, SECTIONS, RegistryError
+from .rules import incompatibility, learns
+
 DEFAULT_PRESET = "rootsift-vlad"
 
 TOP_LEVEL = {"name": "", "description": "", "reference": ""}
 
 
 def _sections():
-    """Section name -> stage registry, with every built-in entry registered (imported on first use)."""
-    from ..stages import SECTIONS
+    """Section name -> stage registry (entries registered by `instar.catalog` when the package is imported)."""
     return SECTIONS
+
+
+def parse_settings(items: list[str] | None, *, field: str = "--set", example: str = "pooling.p=4",
+                   only: tuple[str, ...] | None = None) -> dict[str, str]:
+    """'SECTION.KEY=VALUE' strings -> {'SECTION.KEY': 'VALUE'} (values parsed later, against the entry's schema);
+    `only`: the sections allowed (e.g. the search-time ones). ValueError naming the item and what is wrong."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"{field} {item!r}: expected SECTION.KEY=VALUE, e.g. {example}")
+        if only is not None and key.partition(".")[0] not in only:
+            raise ValueError(f"{field} {item!r}: only search-time settings can change at search time "
+                             f"({', '.join(s + '.*' for s in only)})")
+        out[key] = value.strip()
+    return out
 
 
 class PresetError(ValueError):
@@ -46,7 +65,6 @@ class Preset:
     def extraction_toml(self) -> str:
         """The TOML of what an index stores (every section but the search-time ones: search, filter, rerank,
         expansion), so that an index can be searched with other search settings than it was built with."""
-        from ..search import SEARCH_SECTIONS
         kept = {k: v for k, v in self.sections.items() if k not in SEARCH_SECTIONS}
         return Preset(self.name, self.description, self.reference, kept).to_toml()
 
@@ -80,7 +98,6 @@ class Preset:
     @property
     def needs_training(self) -> bool:
         """Whether a chosen stage (codebook, whitening, ...) is learned from training images."""
-        from ..stages import learns
         return learns(self.sections)
 
 
@@ -100,7 +117,6 @@ def dotted_key(section: str, key: str) -> str:
 
 
 def _entry(reg, name: str, where: str):
-    from ..registry import RegistryError
     try:
         return reg.entry(name)
     except RegistryError as e:
@@ -173,7 +189,6 @@ def parse_preset(raw: dict[str, Any], source: str = "<preset>") -> Preset:
             if values[key] not in allowed:
                 raise PresetError(f"{source}: {section}.{key} = {values[key]!r} is not one of {', '.join(allowed)}")
         sections[section] = values
-    from ..stages import incompatibility
     why = incompatibility(sections)
     if why:
         raise PresetError(f"{source}: {why}")

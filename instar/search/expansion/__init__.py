@@ -1,0 +1,1 @@
+"""Expansion entries (`expansion.method`): a new query from the top of a ranking, searched again."""

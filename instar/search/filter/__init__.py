@@ -1,0 +1,1 @@
+"""Filter entries (`filter.method`): each ranks the whole database for a query."""
