@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install browser clean
+.PHONY: demo test bench install browser docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,13 @@ browser:
 demo: $(STAMP)
 	$(BIN)/instar demo --out demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser docs
 	$(BIN)/python -m pytest -q
+
+# the documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or anchor.
+# No -q: it hides warnings from the strict count, so a broken link would pass (mkdocs issue 4126)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extraction_speed.py
