@@ -38,98 +38,23 @@ import sqlite3
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .core.progress import Progress, no_progress
-from .extract import images as imgs
-from .extract.extractor import Extractor
-from .presets import Preset, preset_from_toml
-from .store import TABLES as STORE_TABLES
-from .store import Column, Snapshot, Store, StoreError, connect
-from .store.columns import BOXES, GLOBAL, REGIONS
+from ..core.progress import Progress, no_progress
+from ..extract import images as imgs
+from ..extract.extractor import Extractor
+from ..presets import Preset, preset_from_toml
+from ..store import TABLES as STORE_TABLES
+from ..store import Column, Snapshot, Store, connect
+from ..store.columns import BOXES, GLOBAL, REGIONS
+
+from .records import (DATABASE, FORMAT_VERSION, MODEL, SCHEMA_SQL, TABLES, AddReport,
+                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem)
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 2
-DATABASE, MODEL = "index.sqlite", "model.npz"
-
-
-def columns_for(extractor: Extractor) -> tuple[Column, ...]:
-    """The per-image data an index of this extractor stores: the global descriptor, and when the preset stores
-    regions, each image's region boxes (original pixels) and, unless its coding keeps only their codes, region
-    descriptors (ragged: R items per image)."""
-    cols = [Column(GLOBAL, "float32", (None,))]
-    if extractor.stores_regions:
-        cols.append(Column(BOXES, "float32", (4,), ragged=True))
-    if extractor.stores_region_descriptors:
-        cols.append(Column(REGIONS, "float32", (None,), ragged=True))
-    return tuple(cols + extractor.columns())
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    row INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
-    name TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    added_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL);
-"""
-TABLES = ("meta", "images", "failures")
-
-# The index's errors are the store's: every message starts with the file or directory concerned.
-IndexError_ = StoreError
-
-NO_CONTENT = "no usable content: its descriptor is {what} (a blank, featureless or tiny image)"
-
-
-def descriptor_problem(vec: np.ndarray) -> str | None:
-    """Why a descriptor cannot be used (non-finite values, all zero, norm ~ 0), or None if it can."""
-    v = np.asarray(vec, dtype=np.float64)
-    if v.size == 0:
-        return NO_CONTENT.format(what="empty")
-    if not np.all(np.isfinite(v)):
-        return NO_CONTENT.format(what="not finite (NaN or infinity)")
-    if float(np.linalg.norm(v)) < 1e-6:
-        return NO_CONTENT.format(what="all zero")
-    return None
-
-
-@dataclass
-class ImageRecord:
-    id: int          # = row (kept for compatibility: one id per stored version of an image)
-    row: int
-    path: str
-    name: str
-    width: int
-    height: int
-    sha256: str
-
-
-@dataclass
-class AddReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class _Pending:
-    path: str
-    name: str
-    width: int
-    height: int
-    sha256: str
-    data: dict[str, np.ndarray]
-
 
 _RECORD = "i.row, i.row, i.path, i.name, i.width, i.height, i.sha256"
 _LIVE = "FROM images i JOIN store_rows s ON s.row = i.row WHERE s.removed_at IS NULL"
@@ -360,6 +285,49 @@ class Index:
         items = [(Path(r.path), r.name) for r in records]
         return self._add(items, force={r.row for r in records}, batch_size=batch_size, progress=progress)
 
+    def describe_file(self, path: Path | str, name: str | None = None) -> Described:
+        """One image file described by this index's extractor, as `add` stores it; ImageLoadError (or OSError) if
+        it cannot be used. Several processes or machines may describe while one writer stores."""
+        path = Path(path)
+        digest = imgs.content_hash(path)
+        width, height, data = self._describe(path)
+        return Described(str(path), str(path) if name is None else name, width, height, digest, data)
+
+    def add_descriptions(self, items: Iterable[Described], *, batch_size: int = 256,
+                         progress: Progress = no_progress) -> AddReport:
+        """Store images described elsewhere (another process, a cluster, your own extractor) with the same
+        checks as `add`: every column of `columns` present with its dtype and item shape, region columns of one
+        length per image, a finite non-zero global descriptor of the index's dimension. A bad item raises
+        ValueError naming it and the column, before anything of its batch is written. An item whose `path` is
+        stored with the same `sha256` is skipped; with another hash it replaces the stored row."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        report = AddReport()
+        with self.store.writer() as w:
+            pending: list[Described] = []
+            for it in progress(items, desc="storing"):
+                self.check_description(it)
+                known = self._live_record(it.path)
+                if known is not None and known.sha256 == it.sha256:
+                    report.unchanged += 1
+                    continue
+                pending.append(it)
+                if len(pending) >= batch_size:
+                    self._commit(w, pending, report)
+                    pending = []
+            if pending:
+                self._commit(w, pending, report)
+        return report
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """The columns every stored image has (`columns_for` this index's extractor)."""
+        return columns_for(self.extractor)
+
+    def check_description(self, it: Described) -> None:
+        """ValueError naming the image and the column when `it` does not fit this index."""
+        check_description(it, self.columns, self.snapshot().columns, self.dim)
+
     def _describe(self, path: Path) -> tuple[int, int, dict[str, np.ndarray]]:
         """(width, height, {column: data}) of one image file; ImageLoadError if it cannot be used."""
         image = imgs.load_image(path)
@@ -383,7 +351,7 @@ class Index:
              progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         report = AddReport()
         with self.store.writer() as w:
-            pending: list[_Pending] = []
+            pending: list[Described] = []
             for p, name in progress(items, desc="indexing"):
                 spath = str(p)
                 known = self._live_record(spath)
@@ -400,7 +368,7 @@ class Index:
                 except imgs.ImageLoadError as e:
                     self._record_failure(w, spath, e.reason, report, known, force)
                     continue
-                pending.append(_Pending(spath, name, width, height, digest, data))
+                pending.append(Described(spath, name, width, height, digest, data))
                 if len(pending) >= batch_size:
                     self._commit(w, pending, report)
                     pending = []
@@ -421,7 +389,7 @@ class Index:
         if known is not None and known.row in force:
             w.remove([known.row])
 
-    def _commit(self, w, pending: list[_Pending], report: AddReport) -> None:
+    def _commit(self, w, pending: list[Described], report: AddReport) -> None:
         dim = self.dim
         for it in pending:
             vec = it.data[GLOBAL]
