@@ -44,7 +44,8 @@ def database_region_codes(db: Database) -> tuple[np.ndarray, np.ndarray, np.ndar
         if snap is None or REGION_CODES not in snap.columns:
             raise ValueError("a region Hamming stage needs region codes, but this index stores none "
                              "(its preset has coding.method = 'none')")
-        starts, counts = snap.spans(REGION_CODES, db.rows)
+        every = len(db.rows) == snap.n_rows  # positions are the store's rows (`Database.from_index`)
+        starts, counts = snap.spans(REGION_CODES) if every else snap.spans(REGION_CODES, db.rows)
         return starts, counts, snap.column(REGION_CODES)
     return db.cached(REGION_CODES, load)
 

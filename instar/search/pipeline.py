@@ -90,7 +90,7 @@ class Searcher:
         k = self.pipeline.preset["search"]["k"] if k is None else k
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"k={k}: the number of hits must be a whole number of at least 1")
-        if len(self.db) == 0:
+        if self.db.n_live == 0:
             return Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32))
         if query.vector.shape != self.db.vectors.shape[1:]:
             raise ValueError(f"query descriptor of shape {query.vector.shape}, the index holds dimension "

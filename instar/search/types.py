@@ -108,16 +108,32 @@ class RegionTable:
 
 @dataclass
 class Database:
-    """What search stages read: the live images' store `rows` (N,) ascending, their global `vectors` (N, D)
-    float32, and their `regions` (a `RegionTable`, or None when the preset stores no regions)."""
+    """What search stages read: store `rows` (N,) ascending (a position is an index into them), their global
+    `vectors` (N, D) float32 (the store's memory map, never a copy), their `regions` (a `RegionTable`, or None when
+    the preset stores no regions), and `removed` (N,) bool: positions of removed images, which every filter masks
+    out (None: none removed). Nothing here is proportional to N per request beyond the arrays' views."""
     rows: np.ndarray
     vectors: np.ndarray
     regions: RegionTable | None = None
     snapshot: object | None = None  # the index's store Snapshot, for stages that read other columns
     cache: dict = field(default_factory=dict, repr=False)
+    removed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def n_live(self) -> int:
+        """Positions a filter may return (not removed)."""
+        if self.removed is None:
+            return len(self.rows)
+        return self.cached("n_live", lambda: len(self.rows) - int(np.count_nonzero(self.removed)))
+
+    def live_positions(self) -> np.ndarray:
+        """Positions not removed, ascending (computed once per database)."""
+        if self.removed is None:
+            return self.cached("live", lambda: np.arange(len(self.rows), dtype=np.int64))
+        return self.cached("live", lambda: np.flatnonzero(~self.removed).astype(np.int64))
 
     def cached(self, name: str, compute: Callable[[], Any]) -> Any:
         """What `compute()` returns, computed once per snapshot (e.g. a column of the live rows)."""
@@ -127,19 +143,22 @@ class Database:
 
     @classmethod
     def from_index(cls, index) -> "Database":
-        """One consistent snapshot of an `instar.Index` (only live images)."""
+        """One consistent snapshot of an `instar.Index`: positions are its store rows, removed ones masked (no
+        copy of any column; region offsets from the store's derived offsets, not per-row SQLite reads)."""
         snap = index.snapshot()
-        live = snap.live_rows()
-        if snap.n_rows == 0:
-            return cls(live, np.zeros((0, max(index.dim, 1)), np.float32))
-        vectors = snap.column(GLOBAL)
-        vectors = vectors if len(live) == snap.n_rows else np.asarray(vectors[live])
+        n = snap.n_rows
+        if n == 0:
+            return cls(np.zeros(0, np.int64), np.zeros((0, max(index.dim, 1)), np.float32))
+        removed = None
+        if len(snap.removed):
+            removed = np.zeros(n, bool)
+            removed[snap.removed] = True
         regions = None
         if BOXES in snap.columns:   # descriptors may be absent: a coding that keeps only the region codes
-            starts, counts = snap.spans(BOXES, live)
+            starts, counts = snap.spans(BOXES)
             descriptors = snap.column(REGIONS) if REGIONS in snap.columns else None
             regions = RegionTable(starts, counts, snap.column(BOXES), descriptors)
-        return cls(live, vectors, regions, snap)
+        return cls(np.arange(n, dtype=np.int64), snap.column(GLOBAL), regions, snap, removed=removed)
 
     def require_regions(self, who: str, descriptors: bool = False) -> RegionTable:
         """The region table; `descriptors`: the caller also reads the float region descriptors."""
@@ -237,3 +256,30 @@ def knn(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     scores, rows = faiss.knn(q, np.ascontiguousarray(vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
     return scores, rows.astype(np.int64)
+
+
+def masked_knn(vectors: np.ndarray, vector: np.ndarray, k: int, removed: np.ndarray | None,
+               block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of one query over `vectors` (N, D) with the `removed` (N,) positions excluded
+    (their scores set to -inf, block by block: no copy of the live vectors): scores (k',), positions (k',), best
+    first, equal scores by position."""
+    if removed is None:
+        scores, positions = knn(vectors, vector[None, :], k)
+        return scores[0], positions[0]
+    k = min(int(k), len(vectors) - int(np.count_nonzero(removed)))
+    q = np.asarray(vector, np.float32)
+    if k <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    keep_s, keep_p = [], []
+    for lo in range(0, len(vectors), block):
+        s = np.asarray(vectors[lo:lo + block], np.float32) @ q
+        s[removed[lo:lo + block]] = -np.inf
+        if len(s) > k:
+            part = np.argpartition(-s, k - 1)[:k]
+        else:
+            part = np.arange(len(s))
+        keep_s.append(s[part])
+        keep_p.append(part + lo)
+    scores, positions = np.concatenate(keep_s), np.concatenate(keep_p).astype(np.int64)
+    order = np.lexsort((positions, -scores))[:k]
+    return scores[order].astype(np.float32), positions[order]

@@ -41,6 +41,11 @@ Rules. Every store (global vectors today; regions, binary codes and inverted fil
    committed rows whose bytes no longer match their checksum or are all zero (damage from outside).
 6. A column file shorter than its committed length is damage nobody can repair by truncation: opening a
    snapshot or a writer on it raises `StoreIntegrityError` naming the file.
+
+Derived data (what is computed from committed rows and kept to save the next process the work: the ragged
+columns' span offsets, `offsets.py`; approximate-search indexes) lives in `derived/` under the rules of
+`derived.py`: never the only copy, written whole (temp + fsync + rename), checksummed and tied to the store's
+identity, rebuilt from the columns when missing, damaged or foreign, extended when stale.
 """
 from .schema import (LOCK, TABLES, Appended, Column, Damage, Staged, StoreBusy, StoreError, StoreIntegrityError,
                      connect, read_transaction)

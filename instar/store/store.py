@@ -14,6 +14,7 @@ import numpy as np
 
 from .schema import (LOCK, SCHEMA_SQL, Column, Damage, StoreBusy, StoreIntegrityError, insert_column, read_transaction,
                      write_transaction)
+from . import offsets
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,15 @@ class Snapshot:
         return self.store._map(self.columns[name], self.items[name])
 
     def spans(self, name: str, rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, counts) of `rows` (default: all committed rows) in a ragged column."""
+        """(starts, counts) of `rows` (default: all committed rows) in a ragged column: from the derived offsets
+        (`instar.store.offsets`: memory, then a checked file, then only the newest spans from SQLite)."""
         col = self.columns[name]
-        rows = np.arange(self.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        every = rows is None
+        rows = np.arange(self.n_rows, dtype=np.int64) if every else np.asarray(rows, dtype=np.int64)
         if not col.ragged:
             return rows.copy(), np.ones(len(rows), dtype=np.int64)
-        found = {r: (s, c) for r, s, c in self.store.db.execute(
-            "SELECT row, start, count FROM store_spans WHERE col = ? AND row < ?", (name, self.n_rows))}
-        pairs = [found.get(int(r), (0, 0)) for r in rows]
-        return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
+        starts, counts = offsets.spans(self.store, name, self.n_rows)
+        return (starts, counts) if every else (starts[rows], counts[rows])
 
     def get(self, name: str, row: int) -> np.ndarray:
         """One row's data in a column: the item (fixed) or its (count, *shape) items (ragged)."""
@@ -81,6 +82,7 @@ class Store:
         self.db = db
         self._maps: dict[str, np.ndarray] = {}
         self._writer: Writer | None = None
+        self.offsets_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # ragged column -> (starts, counts)
 
     # --- creation ------------------------------------------------------------------------------
     @staticmethod

@@ -51,16 +51,19 @@ class ASMKSearch(FilterStage):
             raise ValueError("filter.method = 'asmk' searches an index's inverted file: build the Database from an index")
         ivf = inverted_file.for_snapshot(db.snapshot, stage.k, separate=stage.separate)
         scores = ivf.scores(query_aggregated(query, stage), kernel=stage.kernel, alpha=self.alpha, tau=self.tau)
-        position_of_row = np.full(ivf.n_rows + 1, -1, np.int64)
-        position_of_row[db.rows] = np.arange(len(db))
-        rows = np.where(ivf.item_row < 0, ivf.n_rows, ivf.item_row)
-        return scores, position_of_row[rows], stage
+        # positions are store rows: an item's image is its row, unless not in this snapshot or removed
+        pos = np.where(ivf.item_row < len(db), ivf.item_row, -1)
+        if db.removed is not None:
+            pos[(pos >= 0) & db.removed[np.maximum(pos, 0)]] = -1
+        return scores, pos, stage
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
         scores, pos, stage = self.item_scores(db, query)
         how = self.pooling if stage.separate else "single"
         image, best = reduce_items(scores, pos, len(db), how)
-        order = top_k(image, k)
+        if db.removed is not None:
+            image[db.removed] = -np.inf
+        order = top_k(image, min(k, db.n_live))
         if how != "max":
             return Ranking(order.astype(np.int64), image[order])
         boxes = np.full((len(order), 4), np.nan, np.float32)

@@ -16,5 +16,10 @@ class GlobalRegionHashingSearch(FilterStage):
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
         codes = database_codes(db)
-        d, positions = binary.knn(codes, query_codes(query)[None], k)
-        return Ranking(positions[0], similarity(d[0], 8 * codes.shape[1]))
+        if db.removed is None:
+            d, positions = binary.knn(codes, query_codes(query)[None], k)
+            return Ranking(positions[0], similarity(d[0], 8 * codes.shape[1]))
+        # removed images masked: the top k + (number removed) holds the top k live ones
+        d, positions = binary.knn(codes, query_codes(query)[None], k + len(db) - db.n_live)
+        keep = ~db.removed[positions[0]]
+        return Ranking(positions[0][keep][:k], similarity(d[0][keep][:k], 8 * codes.shape[1]))

@@ -22,12 +22,13 @@ class RegionalSearch(FilterStage):
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
         table = db.require_regions("filter.method = 'regional'", descriptors=True)
-        sims, items = table.similarities(np.arange(len(db)), query.box_descriptor)
-        scores, best = group_reduce(sims, table.counts, self.pooling)
+        live = db.live_positions()  # removed images are never scored
+        sims, items = table.similarities(live, query.box_descriptor)
+        scores, best = group_reduce(sims, table.counts[live], self.pooling)
         order = np.argsort(-scores, kind="stable")[:k]
         boxes = None
         if self.pooling == "max":
             boxes = np.full((len(order), 4), np.nan, np.float32)
             ok = best[order] >= 0
             boxes[ok] = table.boxes[items[best[order][ok]]]
-        return Ranking(order.astype(np.int64), scores[order], boxes)
+        return Ranking(live[order], scores[order], boxes)
