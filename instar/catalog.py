@@ -6,5 +6,5 @@ from .extract.features import cnn, deep_local, efficientnet, local  # noqa: F401
 from .extract.pooling import asmk, maps, region, vlad  # noqa: F401
 from .extract.regions import grids, rpn, selective_search, sliding  # noqa: F401
 from .search.expansion import drh as drh_expansion, qe  # noqa: F401
-from .search.filter import asmk as asmk_filter, hamming, knn, regional  # noqa: F401
+from .search.filter import ann, asmk as asmk_filter, hamming, hamming_ivf, knn, regional  # noqa: F401
 from .search.rerank import ca_sr, cs_sr, ldrh, none, sp  # noqa: F401

@@ -136,7 +136,8 @@ CODINGS = Registry("coding", default="none", protocol=P.CodingStage, order=("non
 WHITENINGS = Registry("whitening", default="none", protocol=P.WhiteningStage, order=("none", "pca", "weights"))
 TRAIN = Registry("train", selector=None, default="train", protocol=P.OptionsStage)
 SEARCH = Registry("search", selector=None, default="search", protocol=P.OptionsStage)
-FILTERS = Registry("filter", default="knn", protocol=P.FilterStage, order=("asmk", "knn", "regional", "hamming"))
+FILTERS = Registry("filter", default="knn", protocol=P.FilterStage,
+                   order=("asmk", "knn", "ann", "regional", "hamming", "hamming-ivf"))
 RERANKERS = Registry("rerank", default="none", protocol=P.RerankStage, order=("none", "ca-sr", "sp", "ldrh", "cs-sr"))
 EXPANSIONS = Registry("expansion", default="none", protocol=P.ExpansionStage,
                       order=("none", "aqe", "alpha-qe", "gqe", "lqe", "gqe+lqe"))
