@@ -262,3 +262,35 @@ def test_hamming_index_at_exhaustive_settings_equals_exact_and_masks_removed_row
         assert approx.positions[strict].tolist() == exact.positions[strict].tolist()
     assert (tmp_path / derived.DERIVED / f"ann-codes.{factory}.500.bin").exists()
     ann_module.clear_cache()
+
+
+def test_asmk_inverted_file_persists_masks_removed_rows_and_survives_damage(tmp_path, photos):
+    from instar import list_images
+    from instar.asmk import inverted_file
+    from instar.presets import load_preset
+    inverted_file.clear_cache()
+    files = list_images(photos)
+    preset = load_preset("asmk-rootsift").with_overrides({"pooling.k": "16", "features.max_keypoints": "300",
+                                                          "image.max_size": "256", "train.max_images": "8",
+                                                          "pooling.binary": "true"})
+    index = Index.create(tmp_path / "a.index", preset, train=files)
+    index.add(files, root=photos)
+    q = str(photos / "coffee.jpg")
+    before = [(h.name, round(h.score, 5)) for h in search(index, q, k=20)]
+    path = tmp_path / "a.index" / derived.DERIVED / "asmk.16.images.bin"
+    assert path.exists() and before[0][0] == "coffee.jpg"
+    inverted_file.clear_cache()  # as a new process: the posting lists come from the file, memory-mapped
+    loaded = inverted_file.for_snapshot(index.snapshot(), 16)
+    assert isinstance(loaded.segments[0].data, np.memmap)
+    assert [(h.name, round(h.score, 5)) for h in search(index, q, k=20)] == before
+    for damage in (lambda: os.truncate(path, path.stat().st_size - 100), path.unlink):
+        damage()
+        inverted_file.clear_cache()
+        assert [(h.name, round(h.score, 5)) for h in search(index, q, k=20)] == before
+        assert derived.load(path) is not None  # rebuilt and written again
+    index.remove(["coffee.jpg", "chelsea.jpg"])
+    inverted_file.clear_cache()
+    after = search(index, q, k=20)
+    assert {"coffee.jpg", "chelsea.jpg"}.isdisjoint(h.name for h in after) and len(after) == len(files) - 2
+    index.close()
+    inverted_file.clear_cache()

@@ -1,11 +1,13 @@
 """Inverted file over the aggregated match kernels' per-image columns: per visual word, the items (images, or
-regions) that use it with their aggregated residual (packed bits for ASMK*).
+regions) that use it with their aggregated residual (packed bits for ASMK*), kept as derived data beside the store.
 
 Source of truth. The index's store keeps, per image (row), its entries in ragged columns -- `asmk_words` (word
 ids), `asmk_codes` (packed signs) or `asmk_vectors` (float residuals), `asmk_item` (region of each entry, when
 regions are stored separately) -- and one factor per item in `asmk_gamma`. Those columns follow the store's rules
 (append-only, fsync'ed before one SQLite commit, tombstones, readers map only committed bytes), so the inverted
-file is never written to disk: it is *derived* from a store snapshot, in memory, and cached per store.
+file is *derived* from a store snapshot (`instar.store.derived`): built in memory, cached per store, and saved to
+`derived/asmk.K.images.bin` (segments' posting lists, memory-mapped when a new process loads it; atomic,
+checksummed, tied to the store's identity, rebuilt when missing or damaged, extended when stale).
 
 Generations. A store only grows (rows appended) and gains tombstones; committed bytes never change. So a cached
 inverted file built for rows [0, n) stays right for every later snapshot: new rows are added as a new *segment*
@@ -17,8 +19,7 @@ them under a lock).
 
 Cost: building sorts the entries by word (O(T log T) for T entries, ~0.1 s for 10^6 entries on this project's
 CPU), and the postings (word-ordered copies of the codes: 16 bytes per entry for 128-D ASMK*) take memory once per
-process; persisting them as store columns would trade that start-up cost for disk, and would have to be rewritten
-(or segmented the same way) on every add -- the store's columns are per image, not per word.
+process, or are mapped from the derived file by a new process (which then only reads it once for its checksum).
 
 Query cost: for each of the query's words, its posting list -- the sum of the touched lists' lengths -- plus one
 pass over the items' scores (the dense score vector of the N items, and the top-k of it).
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.groups import concat_ranges
+from ..store import derived
 from ..store.columns import ASMK_CODES as CODES
 from ..store.columns import ASMK_GAMMA as GAMMA
 from ..store.columns import ASMK_ITEM as ITEM
@@ -194,15 +196,57 @@ def _identity(store) -> tuple:
     return (str(directory), st.st_dev, st.st_ino)
 
 
+def _path(store, k: int, separate: bool) -> Path:
+    return derived.directory(store) / f"asmk.{k}.{'regions' if separate else 'images'}.bin"
+
+
+def _load(store, k: int, separate: bool) -> InvertedFile | None:
+    """The persisted inverted file (posting lists memory-mapped), if it is this store's and undamaged."""
+    got = derived.load(_path(store, k, separate), mmap=True)
+    if got is None:
+        return None
+    arrays, meta = got
+    if meta.get("identity") != derived.identity(store) or meta.get("k") != k:
+        return None
+    try:
+        segments = tuple(Segment(lo, hi, arrays[f"s{i}_offsets"], arrays[f"s{i}_items"], arrays[f"s{i}_data"])
+                         for i, (lo, hi) in enumerate(meta["segments"]))
+        return InvertedFile(k, meta["dim"], meta["binary"], meta["rows"], segments, np.array(arrays["item_row"]),
+                            np.array(arrays["gamma"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _save(store, ivf: InvertedFile, separate: bool) -> None:
+    arrays = {"item_row": ivf.item_row, "gamma": ivf.gamma}
+    for i, seg in enumerate(ivf.segments):
+        arrays.update({f"s{i}_offsets": seg.offsets, f"s{i}_items": seg.items, f"s{i}_data": seg.data})
+    derived.save(_path(store, ivf.k, separate), arrays,
+                 {"identity": derived.identity(store), "k": ivf.k, "dim": ivf.dim, "binary": ivf.binary,
+                  "rows": ivf.n_rows, "segments": [[s.lo, s.hi] for s in ivf.segments]})
+
+
 def for_snapshot(snapshot, k: int, *, separate: bool = False) -> InvertedFile:
-    """The inverted file of a store snapshot, from the per-store cache: built once, extended by a segment when
-    rows were appended since, reused as is by older snapshots (which mask out rows they have not committed)."""
+    """The inverted file of a store snapshot, from the per-store cache: built once (or read from its derived file,
+    posting lists memory-mapped, so a new process answers its first query without rebuilding it), extended by a
+    segment when rows were appended since, reused as is by older snapshots (which mask out rows they have not
+    committed). Saved as derived data when first built and whenever it grew by a twentieth (at least 1,024 rows)."""
     key = _identity(snapshot.store) + (k, separate)
     with _LOCK:
         cached = _CACHE.get(key)
+    if cached is None and snapshot.n_rows:
+        cached = _load(snapshot.store, k, separate)
+        saved = 0 if cached is None else cached.n_rows
+    else:
+        saved = -1  # this process already holds it: save only when it grew enough since
     if cached is not None and cached.n_rows >= snapshot.n_rows:
+        with _LOCK:
+            _CACHE.setdefault(key, cached)
         return cached
     ivf = build(snapshot, k, base=cached, separate=separate)
+    base_rows = 0 if cached is None else cached.n_rows
+    if saved == 0 or ivf.n_rows - base_rows >= max(1024, base_rows // 20):
+        _save(snapshot.store, ivf, separate)
     with _LOCK:
         current = _CACHE.get(key)
         if current is None or current.n_rows < ivf.n_rows:
