@@ -68,6 +68,10 @@ def _new(vectors: np.ndarray, factory: str, train: int) -> faiss.Index:
             index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"filter.index = {factory!r}: not a faiss index factory string ({e})") from None
+    ivf = None if _binary(vectors) else faiss.try_extract_index_ivf(faiss.downcast_index(index))
+    for part in (index, ivf):
+        if part is not None and hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False  # Hamming-filtered PQ search is not used: skip its long training
     if not index.is_trained:
         sample = np.ascontiguousarray(vectors[:min(train, len(vectors))], dtype=vectors.dtype)
         try:
