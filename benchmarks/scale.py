@@ -188,7 +188,7 @@ def global_family(args, work: Path, real: np.ndarray, photos: list[Path], out: d
     exact, t_knn = timed(lambda q: search(index, q, k=K), queries)
     out["knn_ms"] = p(t_knn, 50)
     print(f"knn    p50 {p(t_knn, 50):8.1f} ms  p99 {p(t_knn, 99):8.1f} ms  rss {rss_gb():.2f} GB  load {load()}")
-    nlist = 1 << int(round(math.log2(4 * math.sqrt(n))))
+    nlist = args.nlist or 1 << int(round(math.log2(4 * math.sqrt(n))))
     for key, settings in (("ann", {"filter.method": "ann", "filter.index": "HNSW32", "filter.ef_search": "128"}),
                           ("pq", {"filter.method": "ann", "filter.index": f"IVF{nlist},PQ64", "filter.nprobe": "32",
                                   "filter.rescore": "1000", "filter.train": "30000"})):
@@ -352,6 +352,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "scale")
     ap.add_argument("--skip", default="", help="comma-separated: ann,pq,drh,hamming,asmk,http")
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF lists of the pq family (default 4 sqrt N, a power of 2)")
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     args.work.mkdir(parents=True, exist_ok=True)
