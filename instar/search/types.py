@@ -158,7 +158,7 @@ class Database:
             starts, counts = snap.spans(BOXES)
             descriptors = snap.column(REGIONS) if REGIONS in snap.columns else None
             regions = RegionTable(starts, counts, snap.column(BOXES), descriptors)
-        return cls(np.arange(n, dtype=np.int64), snap.column(GLOBAL), regions, snap, removed=removed)
+        return cls(_row_numbers(n), snap.column(GLOBAL), regions, snap, removed=removed)
 
     def require_regions(self, who: str, descriptors: bool = False) -> RegionTable:
         """The region table; `descriptors`: the caller also reads the float region descriptors."""
@@ -256,6 +256,20 @@ def knn(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     scores, rows = faiss.knn(q, np.ascontiguousarray(vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
     return scores, rows.astype(np.int64)
+
+
+_ROWS = np.zeros(0, np.int64)
+
+
+def _row_numbers(n: int) -> np.ndarray:
+    """0..n-1 as a read-only view of one process-wide array, grown as indexes grow (not made per request)."""
+    global _ROWS
+    rows = _ROWS
+    if len(rows) < n:
+        rows = np.arange(max(n, 2 * len(rows)), dtype=np.int64)
+        rows.flags.writeable = False
+        _ROWS = rows
+    return rows[:n]
 
 
 def masked_knn(vectors: np.ndarray, vector: np.ndarray, k: int, removed: np.ndarray | None,
