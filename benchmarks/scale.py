@@ -350,7 +350,7 @@ def main() -> None:
     ap.add_argument("--http", type=int, default=10, help="photos sent over HTTP (and ASMK* query photos)")
     ap.add_argument("--asmk-real", type=int, default=20, help="photos whose ASMK* descriptions seed the rows")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "scale")
-    ap.add_argument("--skip", default="", help="comma-separated: ann,pq,drh,hamming,asmk,http")
+    ap.add_argument("--skip", default="", help="comma-separated: global,ann,pq,drh,hamming,asmk,http")
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists of the pq family (default 4 sqrt N, a power of 2)")
     args = ap.parse_args()
@@ -361,7 +361,8 @@ def main() -> None:
     out = {k: float("nan") for k in ("knn_ms", "ann_ms", "ann_recall100", "ann_rss_gb", "pq_ms", "pq_recall100",
                                       "pq_rss_gb", "removed_ratio", "drh_ms", "drh_vs_knn", "asmk_first_query_s",
                                       "asmk_ms")}
-    global_family(args, args.work, real, photos, out)
+    if "global" not in args.skip:
+        global_family(args, args.work, real, photos, out)
     if "drh" not in args.skip:
         drh_family(args, args.work, real, photos, out)
     if "hamming" not in args.skip:
