@@ -35,7 +35,7 @@ class StoredWhitening(WhiteningStage):
 
     def bind(self, extractor) -> None:
         self._features = extractor.features
-        self._whitens_regions = bool(getattr(extractor.pooling, "whitens_regions", False))
+        self._whitens_regions = bool(extractor.pooling.whitens_regions)
 
     def layer(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(weight (D', D), shift (D,) or None, bias (D',) or None) float32, read once from the trunk's checkpoint."""
