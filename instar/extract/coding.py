@@ -60,7 +60,7 @@ class NoCoding(CodingStage):
 
 class LinearCoding(CodingStage):
     """Base of the codings: bit k = 1[x . weights[:, k] + bias[k] >= 0]; subclasses learn `weights` and `bias`
-    from (N, D) training vectors in `learn`. Stage protocol: see `instar.extractor.Extractor`."""
+    from (N, D) training vectors in `learn`. Stage protocol: see `instar.extract.extractor.Extractor` and `instar.core.protocols`."""
     learns = True
     name = "coding"
 

@@ -1,6 +1,6 @@
 """Descriptor extraction: composes the stages a preset names (image -> features -> regions -> pooling -> whitening).
 
-Each stage is an object built from its preset section through its registry (`instar.stages.SECTIONS`); the
+Each stage is an object built from its preset section through its registry (`instar.core.registry.SECTIONS`); the
 extractor only wires them together, so a new trunk, region method, pooling or whitening is a new registry
 entry, never a branch here.
 

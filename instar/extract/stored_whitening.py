@@ -3,7 +3,7 @@
 `instar train` saves a trained R-MAC network as the trunk's own checkpoint (so `features.weights = model.pth`
 loads it strictly through the trunk's loader) with two extra keys, `whiten.weight` (D', D) and `whiten.shift`
 (D,): y = W (x - shift). The trunk loaders hand keys under `whiten.` back as extras instead of loading them
-(`instar.features.cnn.EXTRA_PREFIXES`), and this stage reads them from the features stage on first use, so a
+(`instar.extract.features.cnn.EXTRA_PREFIXES`), and this stage reads them from the features stage on first use, so a
 preset says `whitening.method = "weights"` and needs no training images. cirtorch's checkpoints, whose
 `whiten.weight` / `whiten.bias` are a plain linear layer y = W x + b, are read too.
 

@@ -1,5 +1,5 @@
 """The embedded default index: a directory holding per-image data in an append-only column store
-(`instar/store.py`) and image metadata in SQLite.
+(`instar/store/`) and image metadata in SQLite.
 
 Layout of `NAME.index/` (format 2):
 - `global.float32` the store's column "global": one (D,) float32 L2-normalised descriptor per row;
@@ -12,7 +12,7 @@ Layout of `NAME.index/` (format 2):
 - `.lock`          the writer's flock.
 
 Crash safety, concurrent readers, immutability of committed rows, tombstones and repair under the writer's
-lock are the store's rules: read them in `instar/store.py`'s docstring; every later column (regions, binary
+lock are the store's rules: read them in `instar/store/__init__.py`'s docstring; every later column (regions, binary
 codes, inverted file) follows them. In short: `add` commits a batch with ONE SQLite transaction after its bytes
 are fsync'ed and checked, so an interrupted add resumes where it stopped; a changed file is a new row (the old
 one is tombstoned), `remove` / `prune` tombstone; readers (search) see a consistent snapshot of the committed,

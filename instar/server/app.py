@@ -19,7 +19,7 @@ integers (store rows); names and client file names are never used as paths: uplo
 generated names (the SHA-256 of their bytes), and a server-side folder must lie inside a root the server was
 started with (`allow_folders`).
 
-Concurrency (the store's rules, instar/store.py):
+Concurrency (the store's rules, instar/store/):
 - The index stays open. Each worker thread has its own read-only SQLite connection (a connection belongs to
   its thread) over one shared `Extractor`: the preset's learned model is loaded once, and a trunk that loads
   lazily (`CNNFeatures.model`) is loaded here, at start-up, so no request pays for it and no two threads race
