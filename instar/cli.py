@@ -53,22 +53,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _html_target_problem(html: Path) -> str | None:
-    """Why an HTML page cannot be written at `html` (checked before searching), or None."""
-    if html.is_dir():
-        return "is a folder; give the page a file name, e.g. hits.html"
-    if html.exists():
-        return None if os.access(html, os.W_OK) else "is not writable"
-    ancestor = html.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"cannot be created: {ancestor} is a file, not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"cannot be created: no permission to write in {ancestor}"
-    return None
-
-
 SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
 WeightsOpt = typer.Option(None, "--weights", help="CNN weights: imagenet (torchvision's file), random:SEED, a .pth path or a URL.")
 
@@ -145,14 +129,14 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
     from .search import search as run_search
-    from .tools.report import write_hits_html
+    from .tools.report import page_target_problem, write_hits_html
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
     if expansion is not None and expansion not in EXPANSIONS:
         _fail(f"--expansion {expansion!r}: expected one of {', '.join(EXPANSIONS.names())}")
     query_box = _parse_box(box, query)
     if html is not None:
-        problem = _html_target_problem(html)
+        problem = page_target_problem(html)
         if problem:
             _fail(f"{html}: {problem}")
     try:
@@ -282,6 +266,7 @@ def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
                                               help="Bearer token required by POST /images and DELETE /images/{id}."),
           allow_folder: Optional[list[Path]] = typer.Option(None, "--allow-folder",
                                                             help="Let POST /images add server-side folders inside DIR (repeatable)."),
+          allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Another Host name clients use to reach the server (repeatable; '*': any)."),
           max_upload_mb: float = typer.Option(32, help="Largest request body, in MiB."),
           max_k: int = typer.Option(1000, min=1, help="Most hits one search returns."),
           workers: Optional[int] = typer.Option(None, min=1, help="Search threads (default: one per core, at most 4)."),
@@ -295,7 +280,8 @@ def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
         _fail(f"--max-upload-mb {max_upload_mb}: must be positive")
     try:
         api = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k,
-                         allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads)
+                         allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads, host=host,
+                         allowed_hosts=allowed_host or ())
     except (IndexError_, PresetError, ValueError, OSError) as e:
         _fail(str(e))
     service = api.state.service
