@@ -31,13 +31,13 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Annotated, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.protocols import ImageStage as ImageStageProtocol
-from ..core.registry import IMAGE
+from ..core.registry import IMAGE, Range
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def content_hash(path: Path | str) -> str:
 class ImageStage(ImageStageProtocol):
     """Load (EXIF-rotated RGB), crop to the query box at full resolution, shrink so the longest side <= max_size."""
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE):
+    def __init__(self, *, max_size: Annotated[int, Range(ge=MIN_SIDE)] = DEFAULT_MAX_SIZE):
         self.max_size = max_size
 
     def __call__(self, path: Path | str, box: Sequence[float] | None = None) -> Image.Image:
