@@ -68,6 +68,19 @@ class Preset:
         kept = {k: v for k, v in self.sections.items() if k not in SEARCH_SECTIONS}
         return Preset(self.name, self.description, self.reference, kept).to_toml()
 
+    def stored_differences(self, other: "Preset") -> list[str]:
+        """'section.key: VALUE here, OTHER there' for every setting an index stores (every section but the
+        search-time ones) that differs between this preset and `other`."""
+        out = []
+        for section, values in self.sections.items():
+            if section in SEARCH_SECTIONS:
+                continue
+            theirs = other.sections.get(section, {})
+            for key in dict.fromkeys([*values, *theirs]):
+                if values.get(key) != theirs.get(key):
+                    out.append(f"{dotted_key(section, key)}: {values.get(key)!r} in the index, {theirs.get(key)!r} asked")
+        return out
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """A copy with 'section.key' values replaced (validated like the file's own).
 
