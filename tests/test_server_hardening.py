@@ -252,6 +252,7 @@ def test_docs_work_offline(open_server):
         assert httpx.get(open_server.url + u).status_code == 200, u
 
 
+@pytest.mark.slow
 def test_orphan_uploads_of_a_killed_add_are_removed(tmp_path, photos):
     """kill -9 of the server while it describes 30 uploads: their files are in uploads/ but not all rows are
     committed; the next start removes the files no committed row owns."""

@@ -15,6 +15,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           allow_header_conformance]
 
 
+@pytest.mark.slow
 def test_live_server_conforms_to_its_schema(tmp_path, photos):
     index = build_index(tmp_path / "s.index", photos, "rootsift-vlad", FAST)
     allowed = tmp_path / "allowed"
