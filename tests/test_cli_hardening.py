@@ -49,6 +49,7 @@ def test_search_time_set_on_an_existing_index_is_not_stored(built, photos):
         assert idx.preset["expansion"]["method"] == "aqe"   # the stored preset's, unchanged
 
 
+@pytest.mark.slow   # three subprocesses and an index build: ~13 s on a loaded 2-core machine
 def test_names_under_a_folder_of_symlinks_are_relative_to_it(tmp_path, photos):
     links = tmp_path / "links"
     (links / "a").mkdir(parents=True)
