@@ -29,8 +29,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/instar demo --out demo
 
+# the quick tests first (the default run, under 5 minutes on 2 idle cores), then the slow ones (-m slow): both must pass
 test: $(STAMP) browser docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
 
 # the documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or anchor.
 # No -q: it hides warnings from the strict count, so a broken link would pass (mkdocs issue 4126)

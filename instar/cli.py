@@ -13,7 +13,8 @@ import typer
 from tqdm import tqdm
 
 from .core.boxes import parse_box
-from .core.registry import EXPANSIONS
+from .core.progress import phase
+from .core.registry import EXPANSIONS, SEARCH_SECTIONS
 from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
@@ -26,6 +27,10 @@ def _progress(quiet: bool):
     def wrap(it, desc: str = ""):
         return it if quiet else tqdm(it, desc=desc, unit="img", leave=False, file=sys.stderr)
     return wrap
+
+
+def _say(quiet: bool = False):
+    return None if quiet else (lambda line: typer.echo(line, err=True))
 
 
 def _overrides(sets: list[str] | None, weights: str | None) -> dict:
@@ -51,22 +56,6 @@ def _parse_box(box: str | None, query: Path):
 def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)
-
-
-def _html_target_problem(html: Path) -> str | None:
-    """Why an HTML page cannot be written at `html` (checked before searching), or None."""
-    if html.is_dir():
-        return "is a folder; give the page a file name, e.g. hits.html"
-    if html.exists():
-        return None if os.access(html, os.W_OK) else "is not writable"
-    ancestor = html.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"cannot be created: {ancestor} is a file, not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"cannot be created: no permission to write in {ancestor}"
-    return None
 
 
 SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
@@ -99,10 +88,17 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             _fail(f"{photos}: no image files found")
         if out.exists():
             idx = Index.open(out)
-            if preset is not None and load_preset(preset).with_overrides(_overrides(sets, weights)).extraction_toml() != idx.preset.extraction_toml():
+            asked = (load_preset(preset) if preset is not None else idx.preset).with_overrides(_overrides(sets, weights))
+            differ = idx.preset.stored_differences(asked)
+            if differ or asked.extraction_toml() != idx.preset.extraction_toml():
                 idx.close()
-                _fail(f"{out}: was built with another preset configuration ({idx.preset.name}); "
-                      "omit --preset/--set to add to it, or choose another --out")
+                _fail(f"{out}: was built with another preset configuration ({idx.preset.name}): "
+                      f"{'; '.join(differ) or f'preset {asked.name!r}'}; omit --preset/--set to add to it, or choose "
+                      "another --out")
+            searching = [s for s in _overrides(sets, None) if s.partition(".")[0] in SEARCH_SECTIONS]
+            if searching:
+                typer.echo(f"note: {', '.join(searching)}: search-time settings are not stored in the index; give them "
+                           "to instar search --set", err=True)
             damaged = idx.verify()
             typer.echo(f"resuming {out}: {len(idx)} images already indexed; checked their stored rows: "
                        f"{len(damaged)} damaged", err=True)
@@ -110,7 +106,8 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             p = load_preset(preset or DEFAULT_PRESET).with_overrides(_overrides(sets, weights))
             train_paths = list_images(train) if train else paths
             trained_on = str(train) if train else f"the indexed collection {photos}"
-            idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=_progress(quiet))
+            with phase(f"learning preset {p.name}'s model on {len(train_paths)} training images", _say(quiet or not p.needs_training)):
+                idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=_progress(quiet))
             damaged = []
         # the summary below lists every skipped file with its reason; the library's per-file log lines would repeat it
         logging.getLogger("instar.index").setLevel(logging.ERROR)
@@ -145,18 +142,18 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
     from .search import search as run_search
-    from .tools.report import write_hits_html
+    from .tools.report import page_target_problem, write_hits_html
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
     if expansion is not None and expansion not in EXPANSIONS:
         _fail(f"--expansion {expansion!r}: expected one of {', '.join(EXPANSIONS.names())}")
     query_box = _parse_box(box, query)
     if html is not None:
-        problem = _html_target_problem(html)
+        problem = page_target_problem(html)
         if problem:
             _fail(f"{html}: {problem}")
     try:
-        with Index.open(index_dir) as idx:
+        with phase(f"opening {index_dir} (its preset's model) and ranking it for {query.name}", _say()), Index.open(index_dir) as idx:
             hits = run_search(idx, query, box=query_box, k=k, expansion=expansion, overrides=_overrides(sets, None))
     except (IndexError_, ImageLoadError, PresetError) as e:
         _fail(str(e))
@@ -257,19 +254,23 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
          preset: str = typer.Option(DEFAULT_PRESET, help="Preset to run."),
          quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Build the demo collection from scikit-image's photographs, index it, evaluate it and write an HTML page of hits."""
-    from .tools.demo import build_demo
+    from .tools.demo import EXPECTED_SKIPS, build_demo, query_positives
     from .evaluation.datasets import load_dataset
     from .evaluation.evaluate import evaluate
     from .search import search as run_search
     from .tools.report import write_hits_html
     collection = build_demo(out / "collection")
     ds = load_dataset("folder", data=collection)
+    logging.getLogger("instar.index").setLevel(logging.ERROR)   # skipped files are listed below, expected or not
     result = evaluate(ds, preset, train=collection / "train", workdir=out, progress=_progress(quiet))
     typer.echo(result.table())
     q = ds.queries[0]
     with Index.open(result.index_path) as idx:
         hits = run_search(idx, q.image, box=q.box, k=12)
-    positives = _folder_positives(collection, q.name)
+        for path, reason in idx.failures():   # the demo's featureless distractor is skipped on purpose
+            note = EXPECTED_SKIPS.get(Path(path).name)
+            typer.secho(f"  skipped {Path(path).name}: {note or reason}", fg=None if note else "yellow", err=True)
+    positives = query_positives(collection, q.name)
     page = write_hits_html(out / "hits.html", q.image, q.box, hits, title=f"instar demo: query {q.name}", positives=positives)
     typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
 
@@ -282,6 +283,7 @@ def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
                                               help="Bearer token required by POST /images and DELETE /images/{id}."),
           allow_folder: Optional[list[Path]] = typer.Option(None, "--allow-folder",
                                                             help="Let POST /images add server-side folders inside DIR (repeatable)."),
+          allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="Another Host name clients use to reach the server (repeatable; '*': any)."),
           max_upload_mb: float = typer.Option(32, help="Largest request body, in MiB."),
           max_k: int = typer.Option(1000, min=1, help="Most hits one search returns."),
           workers: Optional[int] = typer.Option(None, min=1, help="Search threads (default: one per core, at most 4)."),
@@ -294,8 +296,10 @@ def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
     if not max_upload_mb > 0:
         _fail(f"--max-upload-mb {max_upload_mb}: must be positive")
     try:
-        api = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k,
-                         allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads)
+        with phase(f"opening {index_dir} and loading its preset's model", _say()):
+            api = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k,
+                             allow_folders=allow_folder or (), workers=workers, torch_threads=torch_threads, host=host,
+                             allowed_hosts=allowed_host or ())
     except (IndexError_, PresetError, ValueError, OSError) as e:
         _fail(str(e))
     service = api.state.service
@@ -483,11 +487,6 @@ def train_cs_sr(dataset: str = typer.Argument(..., help="Benchmark whose query b
     if strategy == 2:
         use = f"--weights {out} " + use
     typer.echo(f"wrote {out}: {checkpoint_summary(ckpt)}; re-rank with: {use}")
-
-
-def _folder_positives(collection: Path, query_name: str) -> set[str]:
-    spec = json.loads((collection / "queries.json").read_text())
-    return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
 
 
 def main() -> None:

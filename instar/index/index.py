@@ -52,7 +52,8 @@ from ..store import Column, Snapshot, Store, connect
 from ..store.columns import BOXES, GLOBAL, REGIONS
 
 from .records import (DATABASE, FORMAT_VERSION, MODEL, SCHEMA_SQL, TABLES, AddReport,
-                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem)
+                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem,
+                      stored_name)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,17 @@ class Index:
                               f"{', '.join(missing)}); rebuild the index")
         return meta
 
+    def another(self) -> "Index":
+        """A second handle on this index, for another thread: its own SQLite connection (a connection belongs to
+        the thread that made it) and store, sharing this handle's extractor (read-only once loaded)."""
+        db = connect(self.path / DATABASE)
+        return Index(self.path, db, self.extractor, Store(self.path, db))
+
+    def writing(self):
+        """Hold the writer's lock across several calls (`add`, `remove`, ...; they take it again re-entrantly);
+        StoreBusy if another process holds it."""
+        return self.store.writer()
+
     def close(self) -> None:
         self._db.close()
 
@@ -245,6 +257,10 @@ class Index:
                 f"SELECT {_RECORD} FROM images i WHERE i.row IN ({','.join('?' * len(part))})", part)})
         return [by_row[r] for r in rows]
 
+    def live_record(self, path: str) -> ImageRecord | None:
+        """The live image stored under file path `path`, or None."""
+        return self._live_record(path)
+
     def _live_record(self, path: str) -> ImageRecord | None:
         r = self._db.execute(f"SELECT {_RECORD} {_LIVE} AND s.key = ?", (path,)).fetchone()
         return None if r is None else ImageRecord(*r)
@@ -263,7 +279,8 @@ class Index:
             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
         """Describe and store images not yet indexed; skip unchanged ones; re-describe changed files.
 
-        `root` makes the stored `name` relative to it. A changed file gets a new row and its old row is
+        `root` makes the stored `name` relative to it: the path as given (links not resolved, so a folder of
+        symbolic links stores `a/b.jpg`, never where the link points); the file read is the resolved path. A changed file gets a new row and its old row is
         tombstoned (committed rows are never rewritten). Unreadable files, and images with no usable content,
         are recorded in `failures` and skipped (a previously stored version stays). Work is committed every
         `batch_size` images, so an interrupted add loses at most one batch; `on_batch(n_live)` is called after
@@ -271,11 +288,11 @@ class Index:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
-        root = Path(root).resolve() if root is not None else None
-        items = []
-        for p in dict.fromkeys(Path(p).resolve() for p in paths):
-            name = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
-            items.append((p, name))
+        items = {}
+        for given in paths:   # the name: the path as the user sees it, relative to `root`, links not resolved
+            name = stored_name(given, root)
+            items.setdefault(Path(given).resolve(), name)   # the file read (and its key): the resolved path
+        items = list(items.items())
         return self._add(items, batch_size=batch_size, progress=progress, on_batch=on_batch)
 
     def reextract(self, records: Sequence[ImageRecord], *, batch_size: int = 16,

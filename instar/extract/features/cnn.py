@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Annotated, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from ...core.checkpoints import (WeightsDownloadError, WeightsError, not_a_checkpoint, random_seed, read_checkpoint,
                                  seeded)
 from ...core.protocols import FeaturesStage
-from ...core.registry import FEATURES, TRUNKS
+from ...core.registry import FEATURES, Range, TRUNKS
 from ...core.urls import mirror_url, url_basename
 
 ARCHITECTURES = ("vgg16", "resnet50", "resnet101")
@@ -449,7 +449,7 @@ class CNNFeatures(FeaturesStage):
     """Conv feature maps of a trunk (`arch`, tapped at `layer`; '' = its default) at each of the image `scales`."""
     kind = "maps"
 
-    def __init__(self, *, arch: str = "vgg16", weights: str = "imagenet", scales: tuple[float, ...] = (1.0,), layer: str = ""):
+    def __init__(self, *, arch: str = "vgg16", weights: str = "imagenet", scales: Annotated[tuple[float, ...], Range(gt=0, le=8)] = (1.0,), layer: str = ""):
         self.arch, self.weights, self.scales, self.layer = arch, weights, list(scales), layer
         self.weights_mirror: str | None = None
         self._model: nn.Module | None = None
