@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .core.boxes import parse_box
 from .core.registry import EXPANSIONS
+from .distributed.jobs import add_images
 from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
@@ -23,8 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _progress(quiet: bool):
-    def wrap(it, desc: str = ""):
-        return it if quiet else tqdm(it, desc=desc, unit="img", leave=False, file=sys.stderr)
+    def wrap(it, desc: str = "", total: int | None = None):  # one bar per job: done/total, images/s, ETA
+        return it if quiet else tqdm(it, desc=desc, total=total, unit="img", leave=False, file=sys.stderr)
     return wrap
 
 
@@ -84,7 +85,10 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
           preset: Optional[str] = typer.Option(None, help=f"Preset name or .toml file (default {DEFAULT_PRESET}; an existing index keeps its own)."),
           train: Optional[Path] = typer.Option(None, help="Separate folder of images to learn the codebook / whitening on (default: the indexed photos)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
-          batch_size: int = typer.Option(16, help="Images per commit; an interruption loses at most one batch."),
+          batch_size: int = typer.Option(16, help="Images per commit (an interruption loses at most one batch) and per batched trunk forward in workers."),
+          workers: int = typer.Option(0, min=0, help="Worker processes describing images (0: this process); with --ray, actors (default: the cluster's CPUs)."),
+          device: str = typer.Option("cpu", help="Where the trunk runs: cpu, cuda, cuda:N or mps (not part of the preset)."),
+          ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Describe on a Ray cluster: its address (host:port, auto), or local to start one here."),
           prune: bool = typer.Option(False, "--prune", help="Also drop indexed images whose files are gone."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Index a folder of photos; re-running resumes an interrupted run, adds new or changed files, and checks the
@@ -124,7 +128,8 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             if prune:
                 gone = idx.prune()
                 typer.echo(f"pruned {len(gone)} images whose files are gone", err=True)
-            report = idx.add(paths, root=photos, batch_size=batch_size, progress=_progress(quiet))
+            report = add_images(idx, paths, root=photos, ray=ray, workers=workers, batch_size=batch_size, device=device,
+                                progress=_progress(quiet))
             typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
                        f"unchanged {report.unchanged}, unreadable {len(report.failed) + len(problems)}), "
                        f"preset {idx.preset.name}, dim {idx.dim}")
@@ -257,7 +262,7 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
          preset: str = typer.Option(DEFAULT_PRESET, help="Preset to run."),
          quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Build the demo collection from scikit-image's photographs, index it, evaluate it and write an HTML page of hits."""
-    from .tools.demo import build_demo
+    from .tools.demo import build_demo, folder_positives
     from .evaluation.datasets import load_dataset
     from .evaluation.evaluate import evaluate
     from .search import search as run_search
@@ -269,7 +274,7 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
     q = ds.queries[0]
     with Index.open(result.index_path) as idx:
         hits = run_search(idx, q.image, box=q.box, k=12)
-    positives = _folder_positives(collection, q.name)
+    positives = folder_positives(collection, q.name)
     page = write_hits_html(out / "hits.html", q.image, q.box, hits, title=f"instar demo: query {q.name}", positives=positives)
     typer.echo(f"wrote {page} (query {q.name}, {sum(h.name in positives for h in hits)} of {len(positives)} positives in the top {len(hits)})")
 
@@ -483,11 +488,6 @@ def train_cs_sr(dataset: str = typer.Argument(..., help="Benchmark whose query b
     if strategy == 2:
         use = f"--weights {out} " + use
     typer.echo(f"wrote {out}: {checkpoint_summary(ckpt)}; re-rank with: {use}")
-
-
-def _folder_positives(collection: Path, query_name: str) -> set[str]:
-    spec = json.loads((collection / "queries.json").read_text())
-    return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
 
 
 def main() -> None:

@@ -491,3 +491,9 @@ def build_demo(out: Path, seed: int = 0, max_size: int = 512) -> Path:
     meta["files"] = written
     (out / DEMO_MARKER).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def folder_positives(collection: Path, query_name: str) -> set[str]:
+    """The names of a demo query's positives (its collection's queries.json)."""
+    spec = json.loads((collection / "queries.json").read_text())
+    return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)

@@ -1,0 +1,20 @@
+"""What `instar index` runs to describe and store: in this process, in worker processes, or on a Ray cluster."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..core.progress import Progress, no_progress
+from ..index import AddReport, Index
+
+
+def add_images(index: Index, paths: Sequence[Path], *, root: Path | None = None, ray: str | None = None,
+               workers: int = 0, batch_size: int = 16, device: str = "cpu",
+               progress: Progress = no_progress) -> AddReport:
+    """`index.add` (with `workers` processes on `device`), or with `ray` (an address, 'auto' or 'local') the
+    describing on that Ray cluster (`workers` actors; 0: one per CPU of the cluster). Ray is imported only then."""
+    if ray is None:
+        return index.add(paths, root=root, batch_size=batch_size, progress=progress, workers=workers, device=device)
+    from .ray_index import index_with_ray
+    return index_with_ray(index, paths, root=root, address=ray, workers=workers or None, batch_size=batch_size,
+                          commit_every=batch_size, device=device, progress=progress)
