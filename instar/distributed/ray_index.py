@@ -17,6 +17,7 @@ source checkout the package is shipped with the job (`runtime_env` `py_modules`)
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -87,6 +88,7 @@ def connect(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # instar's own bar reports the job
     ray.init(address=None if address in (None, "local") else address, runtime_env=_runtime_env(), log_to_driver=False,
              include_dashboard=False if address in (None, "local") else None, logging_level="WARNING")
 
@@ -106,7 +108,7 @@ def describe_on_ray(index: Index, todo: Sequence[tuple[Path, str]], *, workers: 
         num_cpus=1, num_gpus=1 if gpu else 0,
         fn_constructor_kwargs={"preset_toml": index.preset.to_toml(), "state": index.extractor.state(),
                                "device": "cuda" if gpu else device, "threads": 1},
-        ray_remote_args={"max_restarts": -1, "max_task_retries": -1})
+        max_restarts=-1, max_task_retries=-1)  # a dead actor is restarted, its batch retried
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["path"])):
             yield {k: batch[k][i] for k in batch}
