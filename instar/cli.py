@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .core.boxes import parse_box
 from .core.registry import EXPANSIONS
-from .distributed.jobs import add_images
+from .distributed.jobs import add_images, register_commands
 from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
@@ -72,6 +72,7 @@ def _html_target_problem(html: Path) -> str | None:
 
 SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
 WeightsOpt = typer.Option(None, "--weights", help="CNN weights: imagenet (torchvision's file), random:SEED, a .pth path or a URL.")
+register_commands(app, _fail)  # instar merge (instar.distributed.jobs)
 
 
 def _print_skipped(problems: list[tuple[str | Path, str]]) -> None:
@@ -128,8 +129,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             if prune:
                 gone = idx.prune()
                 typer.echo(f"pruned {len(gone)} images whose files are gone", err=True)
-            report = add_images(idx, paths, root=photos, ray=ray, workers=workers, batch_size=batch_size, device=device,
-                                progress=_progress(quiet))
+            report = add_images(idx, paths, root=photos, ray=ray, workers=workers, batch_size=batch_size, device=device, progress=_progress(quiet))
             typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
                        f"unchanged {report.unchanged}, unreadable {len(report.failed) + len(problems)}), "
                        f"preset {idx.preset.name}, dim {idx.dim}")
@@ -141,7 +141,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
 
 
 @app.command()
-def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path = typer.Argument(...),
+def search(index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index, or a shard manifest (.json)."), query: Path = typer.Argument(...),
            box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in the query image's pixels."),
            k: int = typer.Option(20, "-k", help="Number of hits (at least 1)."),
            expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
@@ -149,7 +149,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
            html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
-    from .search import search as run_search
+    from .search import open_index, search as run_search
     from .tools.report import write_hits_html
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
@@ -161,7 +161,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
         if problem:
             _fail(f"{html}: {problem}")
     try:
-        with Index.open(index_dir) as idx:
+        with open_index(index_dir) as idx:
             hits = run_search(idx, query, box=query_box, k=k, expansion=expansion, overrides=_overrides(sets, None))
     except (IndexError_, ImageLoadError, PresetError) as e:
         _fail(str(e))

@@ -18,3 +18,21 @@ def add_images(index: Index, paths: Sequence[Path], *, root: Path | None = None,
     from .ray_index import index_with_ray
     return index_with_ray(index, paths, root=root, address=ray, workers=workers or None, batch_size=batch_size,
                           commit_every=batch_size, device=device, progress=progress)
+
+
+def register_commands(app, fail) -> None:
+    """Add the scale-out commands to the `instar` CLI (`fail(message)` exits with an error)."""
+    import typer
+
+    from ..index import IndexError_
+    from ..index.shards import merge
+
+    @app.command("merge")
+    def merge_command(shards: list[Path] = typer.Argument(..., metavar="SHARD...", help="Shard indexes or shard manifests (.json), one fitted model."),
+                      out: Path = typer.Option(..., "--out", "-o", help="The index to create.")):
+        """Join shards (of one preset and one fitted model) into one index, rows in shard order."""
+        try:
+            with merge(shards, out) as merged:
+                typer.echo(f"{out}: {len(merged)} images from {len(shards)} shards, preset {merged.preset.name}")
+        except (IndexError_, ValueError) as e:
+            fail(str(e))
