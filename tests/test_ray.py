@@ -69,6 +69,9 @@ def cluster(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
         for p in procs:
             p.wait(timeout=30)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start --head` leaves its address here for ray.init()
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def parents() -> dict[int, int]:
@@ -174,3 +177,30 @@ def test_a_worker_killed_mid_job_loses_nothing_and_stores_nothing_twice(cluster,
         assert len(records) == len(files) == len({r.name for r in records})
         assert {r.name: r.sha256 for r in records} == {p.name: content_hash(p) for p in files}
         assert np.all(np.isfinite(idx.vectors))
+
+
+def test_one_ray_job_writes_shards_that_search_like_one_index(cluster, photos, tmp_path, fast_preset):
+    from instar import open_index
+    from instar.distributed.ray_index import index_shards_with_ray, shard_of, shutdown
+    from instar.index.shards import create_shards
+    files = list_images(photos)
+    manifest = create_shards(tmp_path / "p.shards.json", fast_preset, files, 3)
+    shards = manifest.open_shards()
+    try:
+        report = index_shards_with_ray(shards, files, root=photos, address=cluster, batch_size=2, commit_every=2)
+    finally:
+        shutdown()
+        for s in shards:
+            s.close()
+    assert report.added == len(files) and not report.failed
+    for i, shard in enumerate(manifest.shards):  # each image in the shard that owns it, once
+        with Index.open(shard) as idx:
+            assert all(shard_of(r.name, 3) == i for r in idx.records())
+    single = Index.create(tmp_path / "single.index", fast_preset, files)
+    single.add(files, root=photos)
+    with open_index(manifest.path) as sharded:
+        assert sorted(r.name for r in sharded.records()) == sorted(r.name for r in single.records())
+        for q in files[:3]:
+            assert [(h.name, h.score) for h in search(sharded, q, k=5)] == \
+                   [(h.name, h.score) for h in search(single, q, k=5)]
+    single.close()

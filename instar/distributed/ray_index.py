@@ -9,13 +9,14 @@ trunk batched over same-size images, `instar.index.describe.describe_files`) and
 name, size, content hash, the description as an in-memory .npz, or the reason the file cannot be used.
 
 Order is preserved (Ray Data's `preserve_order`), so the index holds its rows in the order one process would
-store them. A worker that dies is restarted and its batch retried by Ray (`max_restarts`/`max_task_retries`);
+store them. A worker that dies is restarted and its batch retried by Ray (Ray Data's actor pool defaults);
 whatever arrives twice is stored once, because `Index.add_descriptions` skips a path stored with the same
 content hash. Workers import instar from their own environment: a pip-installed instar is used as is; from a
 source checkout the package is shipped with the job (`runtime_env` `py_modules`).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import Path
@@ -74,7 +75,7 @@ class RayDescriber:
         return {k: np.array(v, dtype=object) for k, v in out.items()}
 
 
-def _runtime_env() -> dict:
+def runtime_env() -> dict:
     """Ship instar with the job when it runs from a source checkout (not installed where workers can import it)."""
     import instar
     package = Path(instar.__file__).resolve().parent
@@ -89,7 +90,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # instar's own bar reports the job
-    ray.init(address=None if address in (None, "local") else address, runtime_env=_runtime_env(), log_to_driver=False,
+    ray.init(address="local" if address in (None, "local") else address, runtime_env=runtime_env(), log_to_driver=False,
              include_dashboard=False if address in (None, "local") else None, logging_level="WARNING")
 
 
@@ -108,7 +109,7 @@ def describe_on_ray(index: Index, todo: Sequence[tuple[Path, str]], *, workers: 
         num_cpus=1, num_gpus=1 if gpu else 0,
         fn_constructor_kwargs={"preset_toml": index.preset.to_toml(), "state": index.extractor.state(),
                                "device": "cuda" if gpu else device, "threads": 1},
-        max_restarts=-1, max_task_retries=-1)  # a dead actor is restarted, its batch retried
+    )  # Ray Data's actor pools restart a dead actor and retry its batch (max_restarts = max_task_retries = -1)
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["path"])):
             yield {k: batch[k][i] for k in batch}
@@ -118,38 +119,64 @@ def index_with_ray(index: Index, paths: Iterable[Path | str], *, root: Path | st
                    address: str | None = None, workers: int | None = None, batch_size: int = 16, commit_every: int = 16,
                    device: str = "cpu", progress: Progress = no_progress) -> AddReport:
     """`index.add(paths, root=root)` with the describing done on Ray (see the module's docstring)."""
+    return index_shards_with_ray([index], paths, root=root, address=address, workers=workers, batch_size=batch_size,
+                                 commit_every=commit_every, device=device, progress=progress)
+
+
+def shard_of(name: str, n: int) -> int:
+    """The shard that owns the image stored as `name` among `n`: stable, so re-adding it finds its shard."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % n
+
+
+def index_shards_with_ray(shards: Sequence[Index], paths: Iterable[Path | str], *, root: Path | str | None = None,
+                          address: str | None = None, workers: int | None = None, batch_size: int = 16,
+                          commit_every: int = 16, device: str = "cpu", progress: Progress = no_progress) -> AddReport:
+    """One Ray job describing `paths` for shards of one model (`instar.index.shards`), each image stored by the
+    writer of the shard that owns it (`shard_of` its name); with one shard, `index_with_ray`."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers={workers}: a Ray job needs at least one worker")
-    items = index.named(paths, root)
+    first = shards[0]
     report = AddReport()
     todo, failures = [], []
-    for p, name in items:
+    for p, name in first.named(paths, root):
+        owner = shards[shard_of(name, len(shards))] if len(shards) > 1 else first
         try:
             digest = imgs.content_hash(p)
         except OSError as e:
-            failures.append((str(p), f"cannot read file ({e.strerror or e})"))
+            failures.append((owner, str(p), f"cannot read file ({e.strerror or e})"))
             continue
-        if index.unchanged(p, digest):
+        if owner.unchanged(p, digest):
             report.unchanged += 1
         else:
             todo.append((p, name))
     if todo:
         connect(address)
         workers = workers or workers_of_cluster()
+        pending: dict[int, list[Described]] = {i: [] for i in range(len(shards))}
 
-        def described() -> Iterator[Described]:
-            for row in progress(describe_on_ray(index, todo, workers=workers, batch_size=batch_size, device=device),
-                                desc="indexing on ray", total=len(todo)):
-                if row["error"]:
-                    failures.append((str(row["path"]), str(row["error"])))
-                    continue
-                yield Described(str(row["path"]), str(row["name"]), int(row["width"]), int(row["height"]),
-                                str(row["sha256"]), _unpack(row["blob"]))
+        def flush(i: int) -> None:
+            stored = shards[i].add_descriptions(pending[i], batch_size=commit_every)
+            report.added += stored.added
+            report.updated += stored.updated
+            report.unchanged += stored.unchanged
+            pending[i] = []
 
-        stored = index.add_descriptions(described(), batch_size=commit_every)
-        report.added, report.updated, report.unchanged = stored.added, stored.updated, report.unchanged + stored.unchanged
-    index.record_failures(failures)
-    report.failed.extend(failures)
+        rows = describe_on_ray(first, todo, workers=workers, batch_size=batch_size, device=device)
+        for row in progress(rows, desc="indexing on ray", total=len(todo)):
+            i = shard_of(str(row["name"]), len(shards)) if len(shards) > 1 else 0
+            if row["error"]:
+                failures.append((shards[i], str(row["path"]), str(row["error"])))
+                continue
+            pending[i].append(Described(str(row["path"]), str(row["name"]), int(row["width"]), int(row["height"]),
+                                        str(row["sha256"]), _unpack(row["blob"])))
+            if len(pending[i]) >= commit_every:
+                flush(i)
+        for i in pending:
+            if pending[i]:
+                flush(i)
+    for idx in shards:
+        idx.record_failures([(p, why) for owner, p, why in failures if owner is idx])
+    report.failed.extend((p, why) for _, p, why in failures)
     return report
 
 

@@ -2,10 +2,11 @@
 
 `describe_files(extractor, paths)` is what a worker runs on each batch: load and shrink every file, run the
 trunk on same-size images together (`Extractor.features_batch`), and return each file's (width, height,
-{column: data}) or the reason it cannot be used. `ParallelDescriber` runs that in
-worker processes: each holds the fitted extractor (built once, from the preset's TOML and its learned arrays),
+{column: data}) or the reason it cannot be used. `ParallelDescriber` runs that in worker processes: each holds the fitted extractor (built once, from the preset's TOML and its learned arrays),
 decodes, resizes and describes whole batches, at most `2 * workers` batches in flight (a bounded queue), and
-its results come back in submission order so the single writer stores rows in the order one process would.
+its results come back in submission order so the single writer stores rows in the order one process would. A
+worker that dies (killed, out of memory) stops the add with BrokenProcessPool; what was committed is kept, and
+running the same add again describes only the rest.
 
 Determinism: on CPU, a worker runs torch with `threads` intra-op threads (default: this machine's threads
 divided among the workers). A batched forward and a one-image forward give bit-identical maps at the same
@@ -26,6 +27,7 @@ from ..extract import images as imgs
 from ..extract.extractor import Extractor
 from ..store.columns import BOXES, GLOBAL, REGIONS
 from .records import descriptor_problem
+
 
 def _columns_of(extractor: Extractor, image, d) -> tuple[int, int, dict[str, np.ndarray]]:
     """(width, height, {column: data}) of one described image; `image` the loaded original, `d` its Description."""
