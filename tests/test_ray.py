@@ -35,6 +35,13 @@ def nodes_alive(address: str) -> int:
     return active.count("node_")
 
 
+def wait_started(proc: subprocess.Popen, log: Path, deadline: float) -> None:
+    """Until `ray start --block` says its node runs (its log), failing with the log if it ends or takes too long."""
+    while "Ray runtime started" not in log.read_text():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """ADDRESS of a two-node cluster on 127.0.0.1 (one CPU each); both nodes stopped afterwards."""
@@ -46,16 +53,15 @@ def cluster(tmp_path_factory):
                                "--include-dashboard=false", *common], env=ENV, start_new_session=True,
                               stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT)]
     try:
-        deadline = time.time() + 120
-        while nodes_alive(address) < 1:
-            assert time.time() < deadline and procs[0].poll() is None, (logs / "head.log").read_text()[-3000:]
-            time.sleep(1)
+        deadline = time.time() + 400  # a loaded 2-core machine starts a Ray node slowly
+        wait_started(procs[0], logs / "head.log", deadline)
         procs.append(subprocess.Popen([RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
                                       env=ENV, start_new_session=True, stdout=open(logs / "node.log", "w"),
                                       stderr=subprocess.STDOUT))
+        wait_started(procs[1], logs / "node.log", deadline)
         while nodes_alive(address) < 2:
-            assert time.time() < deadline and procs[1].poll() is None, (logs / "node.log").read_text()[-3000:]
-            time.sleep(1)
+            assert time.time() < deadline, "the cluster never showed two nodes"
+            time.sleep(2)
         yield address
     finally:
         started = descendants({p.pid for p in procs})  # Ray's workers leave the groups: stop them by pid
