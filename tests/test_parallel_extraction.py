@@ -67,3 +67,11 @@ def test_bad_runtime_options_are_refused(tmp_path, photos, fast_preset):
     with pytest.raises(ValueError, match="device 'tpu'"):
         idx.add(list_images(photos), device="tpu")
     assert len(idx) == 0
+
+
+def test_the_default_path_never_imports_ray():
+    import subprocess
+    import sys
+    code = ("import sys, instar, instar.cli, instar.distributed.jobs, instar.search.sharded, instar.index.shards; "
+            "sys.exit(1 if [m for m in sys.modules if m == 'ray' or m.startswith('ray.')] else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -1,5 +1,6 @@
 """`instar index --ray` on a REAL local Ray cluster: a head node and a second node on 127.0.0.1, one CPU each,
 started and stopped by these tests (`ray start --block`, so ending the two commands stops their nodes)."""
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 FAST = ["--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+# Recent Ray starts a head with token authentication (the token in ~/.ray/auth_token); the joining node and the
+# drivers on this machine use it when told to
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 
 def free_port() -> int:
@@ -45,6 +48,8 @@ def wait_started(proc: subprocess.Popen, log: Path, deadline: float) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """ADDRESS of a two-node cluster on 127.0.0.1 (one CPU each); both nodes stopped afterwards."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # for the drivers this test process runs itself
     port = free_port()
     address = f"127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("ray-logs")
@@ -55,10 +60,18 @@ def cluster(tmp_path_factory):
     try:
         deadline = time.time() + 400  # a loaded 2-core machine starts a Ray node slowly
         wait_started(procs[0], logs / "head.log", deadline)
-        procs.append(subprocess.Popen([RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                                      env=ENV, start_new_session=True, stdout=open(logs / "node.log", "w"),
-                                      stderr=subprocess.STDOUT))
-        wait_started(procs[1], logs / "node.log", deadline)
+        for attempt in range(3):  # a node joining a head still settling may be refused (GCS auth); join again
+            node = subprocess.Popen([RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                                    env=ENV, start_new_session=True, stdout=open(logs / "node.log", "w"),
+                                    stderr=subprocess.STDOUT)
+            procs.append(node)
+            while node.poll() is None and "Ray runtime started" not in (logs / "node.log").read_text():
+                assert time.time() < deadline, (logs / "node.log").read_text()[-3000:]
+                time.sleep(1)
+            if node.poll() is None:
+                break
+            time.sleep(5)
+        assert procs[-1].poll() is None, (logs / "node.log").read_text()[-3000:]
         while nodes_alive(address) < 2:
             assert time.time() < deadline, "the cluster never showed two nodes"
             time.sleep(2)
@@ -66,15 +79,22 @@ def cluster(tmp_path_factory):
     finally:
         started = descendants({p.pid for p in procs})  # Ray's workers leave the groups: stop them by pid
         for p in reversed(procs):
-            os.killpg(p.pid, signal.SIGTERM)
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: nothing left to stop
+                    os.killpg(p.pid, signal.SIGTERM)
         deadline = time.time() + 60
         while time.time() < deadline and any(alive(pid) for pid in started):
             time.sleep(1)
         for pid in started:
             if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         for p in procs:
             p.wait(timeout=30)
+        if mode is None:
+            del os.environ["RAY_AUTH_MODE"]
+        else:
+            os.environ["RAY_AUTH_MODE"] = mode
         current = Path("/tmp/ray/ray_current_cluster")  # `ray start --head` leaves its address here for ray.init()
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
