@@ -8,7 +8,9 @@ and their data are those of one index that stored the shards' images one shard a
 Searching: each shard runs the preset's filter over its own rows (its own inverted file for ASMK; its own
 codes for Hamming), the shards' candidate lists are merged by score (ties by row, as one index orders them),
 and the re-ranker and query expansion then run on the merged head, reading what they need of each candidate
-from the shard that holds it (`MergedSnapshot`). Hits therefore equal those of one index holding all rows.
+from the shard that holds it (`MergedSnapshot`). Hits therefore equal those of one index holding all rows. The
+shards' filters read the very snapshots the merged database was built from, so a search sees one consistent
+view even while a shard's own writer adds images.
 """
 from __future__ import annotations
 
@@ -80,7 +82,9 @@ class ShardedFilter:
         self.dbs: list[Database] = []
 
     def refresh(self) -> None:
-        self.dbs = [Database.from_index(s) for s in self.index.shards]
+        """Each shard's database from the snapshots of the merged database last read (one consistent view)."""
+        merged = self.index.latest_snapshot()
+        self.dbs = [Database.from_index(_Pinned(shard, part)) for shard, part in zip(self.index.shards, merged.parts)]
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -107,6 +111,7 @@ class ShardedIndex:
         self.manifest, self.shards = manifest, shards
         self.path = manifest.path
         self.extractor = shards[0].extractor
+        self._latest: MergedSnapshot | None = None
 
     @classmethod
     def open(cls, path: Path | str, *, weights_mirror: str | None = None) -> "ShardedIndex":
@@ -135,7 +140,12 @@ class ShardedIndex:
         return sum(len(s) for s in self.shards)
 
     def snapshot(self) -> MergedSnapshot:
-        return MergedSnapshot([s.snapshot() for s in self.shards])
+        self._latest = MergedSnapshot([s.snapshot() for s in self.shards])
+        return self._latest
+
+    def latest_snapshot(self) -> MergedSnapshot:
+        """The snapshot `snapshot()` last returned (a new one if none yet)."""
+        return self._latest if self._latest is not None else self.snapshot()
 
     @property
     def vectors(self) -> np.ndarray:
@@ -173,6 +183,20 @@ class ShardedIndex:
                           "(instar index PHOTOS --out SHARD) or merge them (instar merge)")
 
     remove = add
+
+
+class _Pinned:
+    """A shard seen through one given snapshot (what `Database.from_index` reads: `snapshot()` and `dim`)."""
+
+    def __init__(self, shard: Index, snapshot):
+        self.shard, self._snapshot = shard, snapshot
+
+    def snapshot(self):
+        return self._snapshot
+
+    @property
+    def dim(self) -> int:
+        return self.shard.dim
 
 
 def _shifted(rec: ImageRecord, offset: int) -> ImageRecord:
