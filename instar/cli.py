@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .core.boxes import parse_box
 from .core.registry import EXPANSIONS
-from .distributed.jobs import add_images, register_commands
+from .distributed.jobs import add_images, check_runtime, register_commands
 from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
@@ -97,6 +97,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
     if batch_size < 1:
         _fail(f"--batch-size {batch_size}: must be at least 1")
     try:
+        check_runtime(device, ray)
         problems: list[tuple[Path, str]] = []
         paths = list_images(photos, problems=problems)
         _print_skipped(problems)

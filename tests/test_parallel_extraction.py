@@ -75,3 +75,13 @@ def test_the_default_path_never_imports_ray():
     code = ("import sys, instar, instar.cli, instar.distributed.jobs, instar.search.sharded, instar.index.shards; "
             "sys.exit(1 if [m for m in sys.modules if m == 'ray' or m.startswith('ray.')] else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_an_unusable_device_is_refused_before_anything_is_created(tmp_path, photos):
+    from typer.testing import CliRunner
+
+    from instar.cli import app
+    for device, says in (("tpu", "expected cpu, cuda, cuda:N or mps"), ("cuda", "torch sees no CUDA device")):
+        r = CliRunner().invoke(app, ["index", str(photos), "--out", str(tmp_path / "x.index"), "--device", device])
+        assert r.exit_code == 2 and says in r.output, r.output
+        assert not (tmp_path / "x.index").exists()

@@ -5,7 +5,15 @@ from pathlib import Path
 from typing import Sequence
 
 from ..core.progress import Progress, no_progress
+from ..extract.extractor import check_device
 from ..index import AddReport, Index
+
+
+def check_runtime(device: str, ray: str | None) -> None:
+    """ValueError for a device this machine cannot use (checked before an index is created; with --ray the
+    devices are the workers', checked there)."""
+    if ray is None:
+        check_device(device)
 
 
 def add_images(index: Index, paths: Sequence[Path], *, root: Path | None = None, ray: str | None = None,

@@ -39,6 +39,17 @@ class Description:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # data of the columns later stages contribute
 
 
+def check_device(device: str) -> None:
+    """ValueError unless torch can run a trunk on `device` (cpu, cuda, cuda:N, mps) on this machine."""
+    import torch
+    if device != "cpu" and not (device == "mps" or device.startswith("cuda")):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: torch sees no Apple MPS device on this machine")
+
+
 class Extractor:
     """Image -> (D,) float32 L2-normalised descriptor (and, per preset, regions and more), as the preset prescribes.
 
@@ -179,13 +190,7 @@ class Extractor:
 
     def to_device(self, device: str) -> "Extractor":
         """Run the trunk on `device` (cpu, cuda, cuda:N, mps): a runtime choice, never part of the preset."""
-        import torch
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: torch sees no CUDA device on this machine")
-        if device == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps: torch sees no Apple MPS device on this machine")
-        if device != "cpu" and not (device == "mps" or device.startswith("cuda")):
-            raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+        check_device(device)
         model = getattr(self.features, "model", None)
         if model is not None and hasattr(model, "to"):
             model.to(device)
