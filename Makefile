@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# venv holding the plain one drops both and reinstalls contrib cleanly
 	if $(BIN)/python -m pip show -q opencv-python-headless 2>/dev/null; then \
 	  $(BIN)/python -m pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless; fi
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

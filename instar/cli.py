@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .core.boxes import parse_box
 from .core.progress import phase
 from .core.registry import EXPANSIONS, SEARCH_SECTIONS
+from .distributed.jobs import add_images, check_runtime, register_commands
 from .extract.images import ImageLoadError, list_images
 from .index import Index, IndexError_
 from .presets import DEFAULT_PRESET, PresetError, builtin_names, load_preset, parse_settings
@@ -24,8 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _progress(quiet: bool):
-    def wrap(it, desc: str = ""):
-        return it if quiet else tqdm(it, desc=desc, unit="img", leave=False, file=sys.stderr)
+    def wrap(it, desc: str = "", total: int | None = None):  # one bar per job: done/total, images/s, ETA
+        return it if quiet else tqdm(it, desc=desc, total=total, unit="img", leave=False, file=sys.stderr)
     return wrap
 
 
@@ -60,6 +61,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 SetOpt = typer.Option(None, "--set", help="Override a preset value, SECTION.KEY=VALUE (repeatable), e.g. pooling.k=128.")
 WeightsOpt = typer.Option(None, "--weights", help="CNN weights: imagenet (torchvision's file), random:SEED, a .pth path or a URL.")
+register_commands(app, _fail)  # instar merge (instar.distributed.jobs)
 
 
 def _print_skipped(problems: list[tuple[str | Path, str]]) -> None:
@@ -73,7 +75,10 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
           preset: Optional[str] = typer.Option(None, help=f"Preset name or .toml file (default {DEFAULT_PRESET}; an existing index keeps its own)."),
           train: Optional[Path] = typer.Option(None, help="Separate folder of images to learn the codebook / whitening on (default: the indexed photos)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
-          batch_size: int = typer.Option(16, help="Images per commit; an interruption loses at most one batch."),
+          batch_size: int = typer.Option(16, help="Images per commit (an interruption loses at most one batch) and per batched trunk forward in workers."),
+          workers: int = typer.Option(0, min=0, help="Worker processes describing images (0: this process); with --ray, actors (default: the cluster's CPUs)."),
+          device: str = typer.Option("cpu", help="Where the trunk runs: cpu, cuda, cuda:N or mps (not part of the preset)."),
+          ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Describe on a Ray cluster: its address (host:port, auto), or local to start one here."),
           prune: bool = typer.Option(False, "--prune", help="Also drop indexed images whose files are gone."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Index a folder of photos; re-running resumes an interrupted run, adds new or changed files, and checks the
@@ -81,6 +86,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
     if batch_size < 1:
         _fail(f"--batch-size {batch_size}: must be at least 1")
     try:
+        check_runtime(device, ray)
         problems: list[tuple[Path, str]] = []
         paths = list_images(photos, problems=problems)
         _print_skipped(problems)
@@ -121,7 +127,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             if prune:
                 gone = idx.prune()
                 typer.echo(f"pruned {len(gone)} images whose files are gone", err=True)
-            report = idx.add(paths, root=photos, batch_size=batch_size, progress=_progress(quiet))
+            report = add_images(idx, paths, root=photos, ray=ray, workers=workers, batch_size=batch_size, device=device, progress=_progress(quiet))
             typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
                        f"unchanged {report.unchanged}, unreadable {len(report.failed) + len(problems)}), "
                        f"preset {idx.preset.name}, dim {idx.dim}")
@@ -133,7 +139,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
 
 
 @app.command()
-def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path = typer.Argument(...),
+def search(index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index, or a shard manifest (.json)."), query: Path = typer.Argument(...),
            box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in the query image's pixels."),
            k: int = typer.Option(20, "-k", help="Number of hits (at least 1)."),
            expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
@@ -141,7 +147,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
            html: Optional[Path] = typer.Option(None, help="Write an HTML page of the hits here."),
            as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (with each hit's box, original pixels).")):
     """Search an index with a query image, or a box drawn on it."""
-    from .search import search as run_search
+    from .search import open_index, search as run_search
     from .tools.report import page_target_problem, write_hits_html
     if k < 1:
         _fail(f"-k {k}: the number of hits must be at least 1")
@@ -153,7 +159,7 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX"), query: Path =
         if problem:
             _fail(f"{html}: {problem}")
     try:
-        with phase(f"opening {index_dir} (its preset's model) and ranking it for {query.name}", _say()), Index.open(index_dir) as idx:
+        with phase(f"opening {index_dir} (its preset's model) and ranking it for {query.name}", _say()), open_index(index_dir) as idx:
             hits = run_search(idx, query, box=query_box, k=k, expansion=expansion, overrides=_overrides(sets, None))
     except (IndexError_, ImageLoadError, PresetError) as e:
         _fail(str(e))

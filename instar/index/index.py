@@ -49,11 +49,12 @@ from ..extract.extractor import Extractor
 from ..presets import Preset, preset_from_toml
 from ..store import TABLES as STORE_TABLES
 from ..store import Column, Snapshot, Store, connect
-from ..store.columns import BOXES, GLOBAL, REGIONS
+from ..store.columns import GLOBAL
 
+from .describe import describe_file, describer_for
 from .records import (DATABASE, FORMAT_VERSION, MODEL, SCHEMA_SQL, TABLES, AddReport,
                       Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem,
-                      stored_name)
+                      named_files)
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,8 @@ class Index:
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, paths: Iterable[Path | str], *, root: Path | str | None = None, batch_size: int = 16,
-            progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+            progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None, workers: int = 0,
+            device: str = "cpu", threads: int | None = None) -> AddReport:
         """Describe and store images not yet indexed; skip unchanged ones; re-describe changed files.
 
         `root` makes the stored `name` relative to it: the path as given (links not resolved, so a folder of
@@ -285,15 +287,31 @@ class Index:
         are recorded in `failures` and skipped (a previously stored version stays). Work is committed every
         `batch_size` images, so an interrupted add loses at most one batch; `on_batch(n_live)` is called after
         each commit.
+
+        Runtime options (never part of the preset): `workers` >= 1 describes in that many worker processes
+        (decode, resize, the trunk batched over same-size images of each `batch_size` batch, `threads` torch
+        threads each), the single writer storing their results in the order given; `device` (cpu, cuda, mps)
+        runs the trunk there. Stored rows equal the one-process path's (bit-identical on CPU at the same torch
+        threads per process: see `instar.index.describe`).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
-        items = {}
-        for given in paths:   # the name: the path as the user sees it, relative to `root`, links not resolved
-            name = stored_name(given, root)
-            items.setdefault(Path(given).resolve(), name)   # the file read (and its key): the resolved path
-        items = list(items.items())
-        return self._add(items, batch_size=batch_size, progress=progress, on_batch=on_batch)
+        return self._add(self.named(paths, root), batch_size=batch_size, progress=progress, on_batch=on_batch,
+                         workers=workers, device=device, threads=threads)
+
+    named = staticmethod(named_files)
+
+    def unchanged(self, path: Path | str, sha256: str) -> bool:
+        """Whether the file at `path` is stored, live, with this content hash (so `add` would skip it)."""
+        known = self._live_record(str(path))
+        return known is not None and known.sha256 == sha256
+
+    def record_failures(self, failures: Sequence[tuple[str, str]]) -> None:
+        """Record files that could not be used ((path, reason) each, as `add` does for its own)."""
+        if failures:
+            with self.store.writer() as w, w.transaction() as db:
+                now = time.time()
+                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", [(p, r, now) for p, r in failures])
 
     def reextract(self, records: Sequence[ImageRecord], *, batch_size: int = 16,
                   progress: Progress = no_progress) -> AddReport:
@@ -347,44 +365,43 @@ class Index:
 
     def _describe(self, path: Path) -> tuple[int, int, dict[str, np.ndarray]]:
         """(width, height, {column: data}) of one image file; ImageLoadError if it cannot be used."""
-        image = imgs.load_image(path)
-        d = self.extractor.describe_full(imgs.fit_image(image, self.preset["image"]["max_size"], path=path))
-        problem = descriptor_problem(d.vector)
-        if problem:
-            raise imgs.ImageLoadError(path, problem)
-        data = {GLOBAL: np.asarray(d.vector, dtype=np.float32)}
-        scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
-        if self.extractor.stores_regions:
-            data[BOXES] = (d.boxes * scale).astype(np.float32)
-        if self.extractor.stores_region_descriptors:
-            data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
-        data.update(d.extra)
-        for name in self.extractor.pixel_columns():  # points / boxes of the stages, to original pixels like BOXES
-            xy = np.asarray(data[name], dtype=np.float32)
-            data[name] = (xy * np.resize(scale, xy.shape[-1])).astype(np.float32)
-        return image.width, image.height, data
+        return describe_file(self.extractor, path)
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,
-             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None, workers: int = 0,
+             device: str = "cpu", threads: int | None = None) -> AddReport:
+        if workers < 0:
+            raise ValueError(f"workers={workers}: must be 0 (this process) or more")
         report = AddReport()
-        with self.store.writer() as w:
+        if device != "cpu" and workers == 0:
+            self.extractor.to_device(device)
+        with self.store.writer() as w, describer_for(self.extractor, workers=workers, batch_size=batch_size,
+                                                     device=device, threads=threads) as describer:
             pending: list[Described] = []
-            for p, name in progress(items, desc="indexing"):
-                spath = str(p)
-                known = self._live_record(spath)
+
+            def todo(item: tuple[Path, str]) -> tuple:
+                """(path, name, known record, content hash or None, why it needs no description or None)."""
+                p, name = item
+                known = self._live_record(str(p))
                 try:
                     digest = imgs.content_hash(p)
                 except OSError as e:
-                    self._record_failure(w, spath, f"cannot read file ({e.strerror or e})", report, known, force)
-                    continue
+                    return p, name, known, None, f"cannot read file ({e.strerror or e})"
                 if known is not None and known.sha256 == digest and known.row not in force:
+                    return p, name, known, digest, "unchanged"
+                return p, name, known, digest, None
+
+            described = describer.map((todo(it) for it in items), lambda t: t[0] if t[4] is None else None)
+            for (p, name, known, digest, skip), outcome in progress(described, desc="indexing", total=len(items)):
+                spath = str(p)
+                if skip == "unchanged":
                     report.unchanged += 1
                     continue
-                try:
-                    width, height, data = self._describe(p)
-                except imgs.ImageLoadError as e:
-                    self._record_failure(w, spath, e.reason, report, known, force)
+                reason = skip if skip is not None else (outcome if isinstance(outcome, str) else None)
+                if reason is not None:
+                    self._record_failure(w, spath, reason, report, known, force)
                     continue
+                width, height, data = outcome
                 pending.append(Described(spath, name, width, height, digest, data))
                 if len(pending) >= batch_size:
                     self._commit(w, pending, report)

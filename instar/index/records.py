@@ -147,3 +147,12 @@ def stored_name(path: Path | str, root: Path | str | None) -> str:
         return given.relative_to(base).as_posix()
     real, real_base = given.resolve(), base.resolve()
     return real.relative_to(real_base).as_posix() if real.is_relative_to(real_base) else str(given)
+
+
+def named_files(paths, root=None) -> list:
+    """(resolved path, stored name) of each distinct file, as `Index.add` names them: the file read (and its key)
+    is the resolved path; the name is the path as the user sees it, relative to `root`, links not resolved."""
+    items = {}
+    for given in paths:
+        items.setdefault(Path(given).resolve(), stored_name(given, root))
+    return list(items.items())

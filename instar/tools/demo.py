@@ -377,6 +377,7 @@ EXPECTED_SKIPS = {"distractor_colorwheel.jpg": "a smooth colour wheel has no cor
 
 
 def query_positives(collection: Path, query_name: str) -> set[str]:
+    """The names of a demo query's positives (its collection's queries.json)."""
     spec = json.loads((collection / "queries.json").read_text())
     return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
 

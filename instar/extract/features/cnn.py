@@ -465,3 +465,17 @@ class CNNFeatures(FeaturesStage):
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
         """One (C, h, w) float32 map per scale."""
         return feature_maps(self.model, image, self.scales)
+
+    @torch.no_grad()
+    def batch(self, images: list[Image.Image]) -> list[list[torch.Tensor]]:
+        """`self(image)` for images of one size, the trunk run once per scale on all of them stacked (the batched
+        forward a worker or an accelerator runs; on CPU with one torch thread, bit-identical to one at a time)."""
+        if len({im.size for im in images}) > 1:
+            raise ValueError("a batched forward needs images of one size; group them by size first")
+        inputs = [scaled_inputs(self.model, im, self.scales) for im in images]
+        out: list[list[torch.Tensor]] = [[] for _ in images]
+        for s in range(len(self.scales)):
+            maps = self.model(torch.cat([x[s] for x in inputs])).to(device="cpu", dtype=torch.float32)
+            for i in range(len(images)):
+                out[i].append(maps[i])
+        return out
