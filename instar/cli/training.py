@@ -134,7 +134,7 @@ def train(data: Path = typer.Argument(..., metavar="DATA", help="Training images
     if val_data is not None and val_dataset is None:
         fail("--val-data names the folder of a --val-dataset; give the dataset's name too")
     try:
-        p = load_preset(preset).withoverrides(overrides(sets, weights))
+        p = load_preset(preset).with_overrides(overrides(sets, weights))
         config = TrainConfig(train_blocks=train_blocks, loss=loss, margin=margin, epochs=epochs, lr=lr,
                              whiten_lr=whiten_lr, momentum=momentum, weight_decay=weight_decay, batch=batch, mine_every=mine_every,
                              updates_per_epoch=updates_per_epoch, pool=pool, seed=seed)
@@ -174,7 +174,7 @@ def train_cs_sr(dataset: str = typer.Argument(..., help="Benchmark whose query b
     if out.is_dir():
         fail(f"{out}: is a folder; give the classifier a file name, e.g. cssr.pth")
     try:
-        p = load_preset(preset).withoverrides(overrides(sets, weights))
+        p = load_preset(preset).with_overrides(overrides(sets, weights))
         ds = load_dataset(dataset, data=data, gnd=gnd, images=images)
         ckpt = train_cssr(ds, p, strategy=strategy, train_blocks=train_blocks, steps=steps, lr=lr, hidden=hidden,
                           seed=seed, progress=progress_bar(quiet), echo=lambda line: typer.echo(line))

@@ -180,22 +180,23 @@ class Registry:
 # register themselves in their own modules; `instar.catalog` imports every built-in one.
 IMAGE = Registry("image", selector=None, default="image", protocol=P.ImageStage)
 FEATURES = Registry("features", selector="type", default="cnn", protocol=P.FeaturesStage,
-                    order=("cnn", "rootsift", "deep-local"))
+                    order=("cnn", "rootsift", "deep-local", "onnx", "fusion"))
 TRUNKS = Registry("trunk", selector="arch", default="vgg16",
                   order=("vgg16", "resnet50", "resnet101", "efficientnet-lite0", "efficientnet-lite1",
                          "efficientnet-lite2"))
 REGIONS = Registry("regions", default="none", protocol=P.RegionsStage,
                    order=("none", "rmac", "rpn", "selective-search", "sliding"))
 POOLINGS = Registry("pooling", default="gem", protocol=P.PoolingStage,
-                    order=("asmk", "mac", "spoc", "sum", "gem", "crow", "rmac", "vlad"))
+                    order=("asmk", "mac", "spoc", "sum", "gem", "crow", "rmac", "vlad", "none"))
 REGION_POOLINGS = Registry("region_pooling", default="none", protocol=P.RegionPoolingStage,
                            order=("none", "max", "sum"))
 CODINGS = Registry("coding", default="none", protocol=P.CodingStage, order=("none", "pca-sign", "itq", "lsh", "drh"))
 WHITENINGS = Registry("whitening", default="none", protocol=P.WhiteningStage, order=("none", "pca", "weights"))
+LOCALS = Registry("local", default="none", protocol=P.LocalStage, order=("none", "rootsift"))
 TRAIN = Registry("train", selector=None, default="train", protocol=P.OptionsStage)
 SEARCH = Registry("search", selector=None, default="search", protocol=P.OptionsStage)
 FILTERS = Registry("filter", default="knn", protocol=P.FilterStage, order=("asmk", "knn", "regional", "hamming"))
-RERANKERS = Registry("rerank", default="none", protocol=P.RerankStage, order=("none", "ca-sr", "sp", "ldrh", "cs-sr"))
+RERANKERS = Registry("rerank", default="none", protocol=P.RerankStage, order=("none", "ca-sr", "sp", "ldrh", "cs-sr", "local-sp"))
 EXPANSIONS = Registry("expansion", default="none", protocol=P.ExpansionStage,
                       order=("none", "aqe", "alpha-qe", "gqe", "lqe", "gqe+lqe"))
 
@@ -208,6 +209,7 @@ SECTIONS: dict[str, Registry] = {
     "whitening": WHITENINGS,
     "region_pooling": REGION_POOLINGS,
     "coding": CODINGS,
+    "local": LOCALS,
     "train": TRAIN,
     "search": SEARCH,
     "filter": FILTERS,

@@ -37,6 +37,7 @@ class Description:
     boxes: np.ndarray | None = None
     regions: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # data of the columns later stages contribute
+    image: object = field(default=None, repr=False)  # the prepared PIL image, for stages that read its pixels
 
 
 def check_device(device: str) -> None:
@@ -164,7 +165,7 @@ class Extractor:
         `views`: its features when already computed (e.g. by `features_batch`)."""
         self._check_fitted()
         views, regions_of = self.views_and_regions(image, views)
-        out = Description(self._vector(views, regions_of), image.size)
+        out = Description(self._vector(views, regions_of), image.size, image=image)
         if self.stores_regions:
             regions = regions_of(views[0])
             out.boxes = regions.pixels.astype(np.float32)
