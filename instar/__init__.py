@@ -10,7 +10,7 @@ from .extract.extractor import Extractor
 from .extract.images import ImageLoadError, list_images
 from .index import Index
 from .presets import Preset, load_preset
-from .search import Hit, search
+from .search import Hit, ShardedIndex, open_index, search
 
 
 def evaluate(*args, **kwargs):
@@ -19,5 +19,5 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-__all__ = ["Extractor", "Hit", "ImageLoadError", "Index", "Preset", "evaluate", "list_images", "load_preset", "search"]
+__all__ = ["Extractor", "Hit", "ImageLoadError", "Index", "Preset", "evaluate", "list_images", "load_preset", "open_index", "search", "ShardedIndex"]
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from instar import Index
 from instar.cli import app
 
-FAST = ["--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
+FAST = ["--preset", "rootsift-vlad", "--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
 
 
 def cli(*args):

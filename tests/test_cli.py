@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from instar import Index
 from instar.cli import app
 
-FAST = ["--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
+FAST = ["--preset", "rootsift-vlad", "--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
 
 
 def instar(*args, check=True):
@@ -43,7 +43,7 @@ def test_presets_lists_every_preset():
     assert r.exit_code == 0
     for name in ("mac", "spoc", "gem", "crow", "rmac-vgg16", "ipa-sum-vgg16", "rootsift-vlad"):
         assert f"\n{name}" in "\n" + r.stdout
-    assert "rootsift-vlad  [default]" in r.stdout
+    assert "sscd-spoc-lite0-sp  [default]" in r.stdout
 
 
 def test_clear_errors(tmp_path, photos):

@@ -62,6 +62,10 @@ class CodingStage(Stage):
     """The `coding` section: packed binary codes of the global vector and of every region."""
 
 
+class LocalStage(Stage):
+    """The `local` section: local features stored beside the global vector for verification at search time."""
+
+
 class OptionsStage(Stage):
     """A section of plain options (`train`, `search`), not a pipeline step."""
 

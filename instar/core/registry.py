@@ -11,11 +11,20 @@ validator, ``--set`` overrides and ``instar presets`` learn its parameters from 
     class GeM(MapPooling):
         def __init__(self, *, p: float = 3.0): ...
 
-Parameter types come from the defaults: bool, int, float, str, or a tuple of floats (a list in TOML).
+Parameter types come from the defaults: bool, int, float, str, or a tuple of floats (a list in TOML). Every
+numeric parameter declares its range next to its default with ``typing.Annotated`` (for a tuple, each item's):
+
+        def __init__(self, *, p: Annotated[float, Range(gt=0)] = 3.0, top: Annotated[int, Range(ge=1)] = 100): ...
+
+and the preset parser refuses a value outside it (TOML, ``--set`` and the service's ``set`` alike), naming
+``section.key`` and the range; a float must also be finite.
 """
 from __future__ import annotations
 
 import inspect
+import math
+import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,6 +36,48 @@ class RegistryError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric parameter may take: at least `ge`, above `gt`, at most `le`, below `lt` (None: no
+    bound). Floats must be finite too."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{op} {v if isinstance(v, int) else format(v, 'g')}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts) or "any finite number"
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+
+def is_numeric(default: Any) -> bool:
+    """Whether a parameter with this default is a number (or a tuple of numbers), so it needs a Range."""
+    if isinstance(default, (tuple, list)):
+        return all(is_numeric(v) for v in default)
+    return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
+def declared_ranges(factory: Callable[..., Any]) -> dict[str, Range]:
+    """{parameter: Range} from the `Annotated[..., Range(...)]` annotations of `factory` (a class's __init__ or a
+    function); a numeric keyword parameter without one is a TypeError at registration."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    module = sys.modules.get(getattr(target, "__module__", ""), None)
+    hints = typing.get_type_hints(target, globalns=vars(module) if module else None, include_extras=True)
+    out = {}
+    for name, hint in hints.items():
+        found = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)]
+        if found:
+            out[name] = found[0]
+    return out
+
+
+@dataclass(frozen=True)
 class Entry:
     """One registered constructor: its name, the callable, its keyword parameters with defaults, and its doc line."""
     name: str
@@ -34,6 +85,7 @@ class Entry:
     params: dict[str, Any]
     doc: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, Range] = field(default_factory=dict)   # numeric parameter -> the values it may take
 
     def __getattr__(self, key: str) -> Any:
         # class attributes of the entry (e.g. `kind`, `input_kind`) without building it
@@ -80,7 +132,13 @@ class Registry:
                 raise TypeError(f"{self.stage} entry {name!r} must be a subclass of {self.protocol.__qualname__} "
                                 "(instar.core.protocols)")
             doc = (inspect.getdoc(factory) or "").strip().splitlines()
-            self._entries[name] = Entry(name, factory, keyword_params(factory), doc[0] if doc else "", attrs)
+            params = keyword_params(factory)
+            ranges = declared_ranges(factory)
+            missing = [k for k, v in params.items() if is_numeric(v) and k not in ranges]
+            if missing:
+                raise TypeError(f"{self.stage} entry {name!r}: numeric parameter {missing[0]!r} declares no range "
+                                f"(annotate it Annotated[{type(params[missing[0]]).__name__}, Range(...)])")
+            self._entries[name] = Entry(name, factory, params, doc[0] if doc else "", attrs, ranges)
             return factory
         return deco
 
@@ -122,23 +180,24 @@ class Registry:
 # register themselves in their own modules; `instar.catalog` imports every built-in one.
 IMAGE = Registry("image", selector=None, default="image", protocol=P.ImageStage)
 FEATURES = Registry("features", selector="type", default="cnn", protocol=P.FeaturesStage,
-                    order=("cnn", "rootsift", "deep-local"))
+                    order=("cnn", "rootsift", "deep-local", "onnx", "fusion"))
 TRUNKS = Registry("trunk", selector="arch", default="vgg16",
                   order=("vgg16", "resnet50", "resnet101", "efficientnet-lite0", "efficientnet-lite1",
                          "efficientnet-lite2"))
 REGIONS = Registry("regions", default="none", protocol=P.RegionsStage,
                    order=("none", "rmac", "rpn", "selective-search", "sliding"))
 POOLINGS = Registry("pooling", default="gem", protocol=P.PoolingStage,
-                    order=("asmk", "mac", "spoc", "sum", "gem", "crow", "rmac", "vlad"))
+                    order=("asmk", "mac", "spoc", "sum", "gem", "crow", "rmac", "vlad", "none"))
 REGION_POOLINGS = Registry("region_pooling", default="none", protocol=P.RegionPoolingStage,
                            order=("none", "max", "sum"))
 CODINGS = Registry("coding", default="none", protocol=P.CodingStage, order=("none", "pca-sign", "itq", "lsh", "drh"))
 WHITENINGS = Registry("whitening", default="none", protocol=P.WhiteningStage, order=("none", "pca", "weights"))
+LOCALS = Registry("local", default="none", protocol=P.LocalStage, order=("none", "rootsift"))
 TRAIN = Registry("train", selector=None, default="train", protocol=P.OptionsStage)
 SEARCH = Registry("search", selector=None, default="search", protocol=P.OptionsStage)
 FILTERS = Registry("filter", default="knn", protocol=P.FilterStage,
                    order=("asmk", "knn", "ann", "regional", "hamming", "hamming-ivf"))
-RERANKERS = Registry("rerank", default="none", protocol=P.RerankStage, order=("none", "ca-sr", "sp", "ldrh", "cs-sr"))
+RERANKERS = Registry("rerank", default="none", protocol=P.RerankStage, order=("none", "ca-sr", "sp", "ldrh", "cs-sr", "local-sp"))
 EXPANSIONS = Registry("expansion", default="none", protocol=P.ExpansionStage,
                       order=("none", "aqe", "alpha-qe", "gqe", "lqe", "gqe+lqe"))
 
@@ -151,6 +210,7 @@ SECTIONS: dict[str, Registry] = {
     "whitening": WHITENINGS,
     "region_pooling": REGION_POOLINGS,
     "coding": CODINGS,
+    "local": LOCALS,
     "train": TRAIN,
     "search": SEARCH,
     "filter": FILTERS,

@@ -14,7 +14,7 @@ from ..core.boxes import paired_iou
 from ..core.progress import Progress, no_progress
 from ..extract.images import list_images
 from ..index import Index, IndexError_
-from ..presets import Preset, load_preset
+from ..presets import DEFAULT_PRESET, Preset, load_preset
 from ..search import Searcher
 from .datasets import Dataset, Report, load_dataset
 
@@ -67,7 +67,7 @@ def describe_search(preset: Preset) -> str:
     return ", ".join(parts)
 
 
-def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vlad", *, data: Path | str | None = None,
+def evaluate(dataset: str | Dataset, preset: str | Path | Preset | None = None, *, data: Path | str | None = None,
              gnd: Path | str | None = None, images: Path | str | None = None, train: Path | str | Sequence[Path] | None = None,
              workdir: Path | str | None = None, overrides: dict[str, Any] | None = None, expansion: str | None = None,
              weights_mirror: str | None = None, progress: Progress = no_progress) -> Evaluation:
@@ -78,7 +78,7 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset = "rootsift-vla
     `workdir` keeps the index between runs (resumable, and reused when the preset is unchanged).
     """
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data=data, gnd=gnd, images=images)
-    p = preset if isinstance(preset, Preset) else load_preset(preset)
+    p = preset if isinstance(preset, Preset) else load_preset(DEFAULT_PRESET if preset is None else preset)
     if overrides:
         p = p.with_overrides(overrides)
     if train is None:

@@ -30,7 +30,7 @@ directions (without it, 1024-bit codes of mini-rparis6k scored 77.7 / 24.7 mediu
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ import torch
 from ..core.binary import pack
 from ..core.pca import principal_axes
 from ..core.protocols import CodingStage
-from ..core.registry import CODINGS
+from ..core.registry import CODINGS, Range
 from ..store.columns import CODES, REGION_CODES
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class NoCoding(CodingStage):
 
 class LinearCoding(CodingStage):
     """Base of the codings: bit k = 1[x . weights[:, k] + bias[k] >= 0]; subclasses learn `weights` and `bias`
-    from (N, D) training vectors in `learn`. Stage protocol: see `instar.extractor.Extractor`."""
+    from (N, D) training vectors in `learn`. Stage protocol: see `instar.extract.extractor.Extractor` and `instar.core.protocols`."""
     learns = True
     name = "coding"
 
@@ -177,7 +177,7 @@ class PCASign(LinearCoding):
     """Sign of the top-`bits` PCA projections of the centred vector (the survey's sec. 4.2.4 baseline; bits <= D)."""
     name = "pca-sign"
 
-    def __init__(self, *, bits: int = 1024, max_vectors: int = 200_000, seed: int = 0,
+    def __init__(self, *, bits: Annotated[int, Range(ge=8)] = 1024, max_vectors: Annotated[int, Range(ge=2)] = 200_000, seed: Annotated[int, Range(ge=0)] = 0,
                  keep_float_regions: bool = True):
         super().__init__(bits, max_vectors, seed, keep_float_regions)
 
@@ -191,7 +191,7 @@ class ITQ(LinearCoding):
     """ITQ: PCA to `bits` dimensions, then the rotation minimising the quantisation loss, `iterations` steps (Gong & Lazebnik 2011)."""
     name = "itq"
 
-    def __init__(self, *, bits: int = 1024, iterations: int = 50, max_vectors: int = 200_000, seed: int = 0,
+    def __init__(self, *, bits: Annotated[int, Range(ge=8)] = 1024, iterations: Annotated[int, Range(ge=0)] = 50, max_vectors: Annotated[int, Range(ge=2)] = 200_000, seed: Annotated[int, Range(ge=0)] = 0,
                  keep_float_regions: bool = True):
         super().__init__(bits, max_vectors, seed, keep_float_regions)
         self.iterations = int(iterations)
@@ -214,7 +214,7 @@ class LSH(LinearCoding):
     """Random-hyperplane LSH: bit k = sign(r_k . (x - mean)), r_k ~ N(0, I) (Charikar 2002); `center` = false keeps the origin."""
     name = "lsh"
 
-    def __init__(self, *, bits: int = 1024, center: bool = True, max_vectors: int = 200_000, seed: int = 0,
+    def __init__(self, *, bits: Annotated[int, Range(ge=8)] = 1024, center: bool = True, max_vectors: Annotated[int, Range(ge=2)] = 200_000, seed: Annotated[int, Range(ge=0)] = 0,
                  keep_float_regions: bool = True):
         super().__init__(bits, max_vectors, seed, keep_float_regions)
         self.center = center
@@ -229,8 +229,8 @@ class LSH(LinearCoding):
 
 
 def drh_objective(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, *, alpha: float, beta: float, eta: float,
-                  objective: str = "paper", balance: float = 0.0, decorrelation: float = 0.0,
-                  orthogonality: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  objective: str = "paper", balance: Annotated[float, Range(ge=0)] = 0.0, decorrelation: Annotated[float, Range(ge=0)] = 0.0,
+                  orthogonality: Annotated[float, Range(ge=0)] = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DRH's loss (eq. 1-3) on a batch x (N, D) and its gradients by eq. (4): (loss, dl/dW (L, D), dl/db (L,)).
 
     h = sigma(W x + b), y = 1[h >= 0.5] (a step: no gradient flows through it). The data terms are averaged over
@@ -273,11 +273,11 @@ class DRHHashing(LinearCoding):
     """DRH region hashing layer h = sigma(Wx + b), codes 1[h >= 0.5], SGD with momentum on eq. (1)-(3) (Song et al. sec. 3.1.3)."""
     name = "drh"
 
-    def __init__(self, *, bits: int = 1024, objective: str = "balanced", alpha: float = 100.0, beta: float = 0.001,
-                 eta: float = 0.001, balance: float = 100.0, decorrelation: float = 100.0, orthogonality: float = 1.0,
-                 lr: float = 0.01,
-                 momentum: float = 0.9,
-                 batch: int = 256, epochs: int = 20, init_std: float = 0.01, max_vectors: int = 200_000, seed: int = 0,
+    def __init__(self, *, bits: Annotated[int, Range(ge=8)] = 1024, objective: str = "balanced", alpha: Annotated[float, Range(ge=0)] = 100.0, beta: Annotated[float, Range(ge=0)] = 0.001,
+                 eta: Annotated[float, Range(ge=0)] = 0.001, balance: Annotated[float, Range(ge=0)] = 100.0, decorrelation: Annotated[float, Range(ge=0)] = 100.0, orthogonality: Annotated[float, Range(ge=0)] = 1.0,
+                 lr: Annotated[float, Range(gt=0)] = 0.01,
+                 momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9,
+                 batch: Annotated[int, Range(ge=1)] = 256, epochs: Annotated[int, Range(ge=1)] = 20, init_std: Annotated[float, Range(gt=0)] = 0.01, max_vectors: Annotated[int, Range(ge=2)] = 200_000, seed: Annotated[int, Range(ge=0)] = 0,
                  keep_float_regions: bool = True):
         super().__init__(bits, max_vectors, seed, keep_float_regions)
         if objective not in ("paper", "balanced"):

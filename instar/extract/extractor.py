@@ -1,6 +1,6 @@
 """Descriptor extraction: composes the stages a preset names (image -> features -> regions -> pooling -> whitening).
 
-Each stage is an object built from its preset section through its registry (`instar.stages.SECTIONS`); the
+Each stage is an object built from its preset section through its registry (`instar.core.registry.SECTIONS`); the
 extractor only wires them together, so a new trunk, region method, pooling or whitening is a new registry
 entry, never a branch here.
 
@@ -37,6 +37,18 @@ class Description:
     boxes: np.ndarray | None = None
     regions: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # data of the columns later stages contribute
+    image: object = field(default=None, repr=False)  # the prepared PIL image, for stages that read its pixels
+
+
+def check_device(device: str) -> None:
+    """ValueError unless torch can run a trunk on `device` (cpu, cuda, cuda:N, mps) on this machine."""
+    import torch
+    if device != "cpu" and not (device == "mps" or device.startswith("cuda")):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: torch sees no Apple MPS device on this machine")
 
 
 class Extractor:
@@ -148,11 +160,12 @@ class Extractor:
         self._check_fitted()
         return self._vector(*self.views_and_regions(image, views))
 
-    def describe_full(self, image) -> Description:
-        """A prepared PIL image -> its `Description`: the global vector and, if the preset stores them, its regions."""
+    def describe_full(self, image, views=None) -> Description:
+        """A prepared PIL image -> its `Description`: the global vector and, if the preset stores them, its regions.
+        `views`: its features when already computed (e.g. by `features_batch`)."""
         self._check_fitted()
-        views, regions_of = self.views_and_regions(image)
-        out = Description(self._vector(views, regions_of), image.size)
+        views, regions_of = self.views_and_regions(image, views)
+        out = Description(self._vector(views, regions_of), image.size, image=image)
         if self.stores_regions:
             regions = regions_of(views[0])
             out.boxes = regions.pixels.astype(np.float32)
@@ -160,6 +173,29 @@ class Extractor:
         for st in self.stages.values():
             out.extra.update(st.encode(self, views, regions_of, out))
         return out
+
+    def features_batch(self, images: list) -> list:
+        """The features of several prepared images, as `features(image)` gives each: images of one size share one
+        batched trunk forward per scale (a size bucket); other features stages run one image at a time."""
+        batch = getattr(self.features, "batch", None)
+        if batch is None:
+            return [self.features(im) for im in images]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            buckets.setdefault(im.size, []).append(i)
+        out: list = [None] * len(images)
+        for members in buckets.values():
+            for i, views in zip(members, batch([images[i] for i in members])):
+                out[i] = views
+        return out
+
+    def to_device(self, device: str) -> "Extractor":
+        """Run the trunk on `device` (cpu, cuda, cuda:N, mps): a runtime choice, never part of the preset."""
+        check_device(device)
+        model = getattr(self.features, "model", None)
+        if model is not None and hasattr(model, "to"):
+            model.to(device)
+        return self
 
     def describe_box(self, image, box: Sequence[float]) -> np.ndarray:
         """The region descriptor of a pixel `box` on a prepared image, pooled like the stored regions

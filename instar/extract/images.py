@@ -21,6 +21,7 @@ Limits and rules (each failure is an `ImageLoadError` naming the file and the pr
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -30,13 +31,13 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.protocols import ImageStage as ImageStageProtocol
-from ..core.registry import IMAGE
+from ..core.registry import IMAGE, Range
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,13 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
-def _declared_size(path: Path) -> tuple[int, int] | None:
+def _declared_size(source) -> tuple[int, int] | None:
     """Width and height from the header alone, without Pillow's decompression-bomb check (only used to name the
-    size of a file Pillow refused to open)."""
+    size of a file Pillow refused to open); `source` is a path or a seekable binary file."""
     Image.init()
-    with open(path, "rb") as fp:
+    fp = source if hasattr(source, "read") else open(source, "rb")
+    try:
+        fp.seek(0)
         prefix = fp.read(16)
         for fmt in Image.ID:
             factory, accept = Image.OPEN[fmt]
@@ -92,16 +95,58 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
                 continue
             fp.seek(0)
             try:
-                return factory(fp, str(path)).size
+                return factory(fp, str(getattr(fp, "name", "image"))).size
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError):
                 continue
+    finally:
+        if fp is not source:
+            fp.close()
     return None
 
 
-def _too_many_pixels(path: Path, width: int | None, height: int | None, pixels: int, limit: int) -> ImageLoadError:
+class ImageTooLarge(ImageLoadError):
+    """An image whose header declares more pixels than the limit; refused before anything is decoded."""
+
+
+def _too_many_pixels(path: Path, width: int | None, height: int | None, pixels: int, limit: int) -> ImageTooLarge:
     size = f"{width}x{height} pixels ({_megapixels(pixels)})" if width else f"{pixels} pixels ({_megapixels(pixels)})"
-    return ImageLoadError(path, f"declares {size}, above the limit of {_megapixels(limit)} "
-                                f"(set {MAX_PIXELS_ENV} to allow more); not decoded")
+    return ImageTooLarge(path, f"declares {size}, above the limit of {_megapixels(limit)} "
+                               f"(set {MAX_PIXELS_ENV} to allow more); not decoded")
+
+
+@contextlib.contextmanager
+def open_limited(source, path: Path | str, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """`Image.open(source)` (a path or a binary file) under the one decompression-bomb rule every reader of
+    images shares (`load_image`, `image_files.inspect_image`, thumbnails): a header declaring more than the pixel
+    limit (or an empty image) is refused before anything is decoded. Any failure, in the header or in what the
+    caller decodes inside the block, is an `ImageLoadError` naming `path`."""
+    limit = max_pixels_limit(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # our limit is lower than Pillow's warning threshold and is checked below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                width, height = im.size
+                if width * height > limit:
+                    raise _too_many_pixels(Path(path), width, height, width * height, limit)
+                if width < 1 or height < 1:
+                    raise ImageLoadError(path, f"declares an empty {width}x{height} image")
+                yield im
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        size = _declared_size(source)
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = size[0] * size[1] if size else int(m.group(1)) if m else 0
+        raise _too_many_pixels(Path(path), *(size or (None, None)), pixels, limit) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image format Pillow can identify") from None
+    except OSError as e:
+        if e.errno is not None:
+            raise ImageLoadError(path, f"cannot read file ({e.strerror})") from None
+        raise ImageLoadError(path, f"damaged or truncated image data ({e})") from None
+    except (SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(path, f"damaged or truncated image data ({e})") from None
 
 
 def to_8bit_rgb(image: Image.Image) -> Image.Image:
@@ -146,34 +191,15 @@ def load_image(path: Path | str, *, max_pixels: int | None = None) -> Image.Imag
         raise ImageLoadError(path, "is a folder, not an image file")
     if st.st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # our limit is lower than Pillow's warning threshold and is checked below, before decoding
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > limit:
-                    raise _too_many_pixels(path, width, height, width * height, limit)
-                if width < 1 or height < 1:
-                    raise ImageLoadError(path, f"declares an empty {width}x{height} image")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_8bit_rgb(im)
-    except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as e:
-        size = _declared_size(path)
-        m = re.search(r"\((\d+) pixels\)", str(e))
-        pixels = size[0] * size[1] if size else int(m.group(1)) if m else 0
-        raise _too_many_pixels(path, *(size or (None, None)), pixels, limit) from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image format Pillow can identify") from None
-    except OSError as e:
-        if e.errno is not None:
-            raise ImageLoadError(path, f"cannot read file ({e.strerror})") from None
-        raise ImageLoadError(path, f"damaged or truncated image data ({e})") from None
-    except (SyntaxError, ValueError, EOFError) as e:
-        raise ImageLoadError(path, f"damaged or truncated image data ({e})") from None
+    return decode_image(path, path, max_pixels=limit)
+
+
+def decode_image(source, path: Path | str, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode `source` (a path or a binary file, e.g. bytes already read) into an 8-bit RGB image with its EXIF
+    orientation applied, under the pixel limit; `path` names it in errors."""
+    with open_limited(source, path, max_pixels) as im:
+        im.load()
+        return to_8bit_rgb(ImageOps.exif_transpose(im))
 
 
 def check_box(box: Sequence[float], width: int, height: int, *, source: str = "box") -> Box:
@@ -303,7 +329,7 @@ def content_hash(path: Path | str) -> str:
 class ImageStage(ImageStageProtocol):
     """Load (EXIF-rotated RGB), crop to the query box at full resolution, shrink so the longest side <= max_size."""
 
-    def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE):
+    def __init__(self, *, max_size: Annotated[int, Range(ge=MIN_SIDE)] = DEFAULT_MAX_SIZE):
         self.max_size = max_size
 
     def __call__(self, path: Path | str, box: Sequence[float] | None = None) -> Image.Image:

@@ -3,7 +3,7 @@
 `instar train` saves a trained R-MAC network as the trunk's own checkpoint (so `features.weights = model.pth`
 loads it strictly through the trunk's loader) with two extra keys, `whiten.weight` (D', D) and `whiten.shift`
 (D,): y = W (x - shift). The trunk loaders hand keys under `whiten.` back as extras instead of loading them
-(`instar.features.cnn.EXTRA_PREFIXES`), and this stage reads them from the features stage on first use, so a
+(`instar.extract.features.cnn.EXTRA_PREFIXES`), and this stage reads them from the features stage on first use, so a
 preset says `whitening.method = "weights"` and needs no training images. cirtorch's checkpoints, whose
 `whiten.weight` / `whiten.bias` are a plain linear layer y = W x + b, are read too.
 
@@ -35,7 +35,7 @@ class StoredWhitening(WhiteningStage):
 
     def bind(self, extractor) -> None:
         self._features = extractor.features
-        self._whitens_regions = bool(getattr(extractor.pooling, "whitens_regions", False))
+        self._whitens_regions = bool(extractor.pooling.whitens_regions)
 
     def layer(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(weight (D', D), shift (D,) or None, bias (D',) or None) float32, read once from the trunk's checkpoint."""

@@ -6,6 +6,8 @@ arrays through `state()` / `load_state()`.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import logging
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 from ..core.norms import EPS, l2n
 from ..core.pca import principal_axes
 from ..core.protocols import WhiteningStage
-from ..core.registry import WHITENINGS
+from ..core.registry import Range, WHITENINGS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class LearnedPCAWhitening(PCAWhitening, WhiteningStage):
     """PCA-whitening to `dim` dimensions (0: all), learned on at most `max_vectors` training vectors, then L2."""
     learns = True
 
-    def __init__(self, *, dim: int = 0, max_vectors: int = 200_000):
+    def __init__(self, *, dim: Annotated[int, Range(ge=0)] = 0, max_vectors: Annotated[int, Range(ge=2)] = 200_000):
         super().__init__(dim or None)
         self.max_vectors = max_vectors
 

@@ -1,5 +1,5 @@
 """The embedded default index: a directory holding per-image data in an append-only column store
-(`instar/store.py`) and image metadata in SQLite.
+(`instar/store/`) and image metadata in SQLite.
 
 Layout of `NAME.index/` (format 2):
 - `global.float32` the store's column "global": one (D,) float32 L2-normalised descriptor per row;
@@ -12,7 +12,7 @@ Layout of `NAME.index/` (format 2):
 - `.lock`          the writer's flock.
 
 Crash safety, concurrent readers, immutability of committed rows, tombstones and repair under the writer's
-lock are the store's rules: read them in `instar/store.py`'s docstring; every later column (regions, binary
+lock are the store's rules: read them in `instar/store/__init__.py`'s docstring; every later column (regions, binary
 codes, inverted file) follows them. In short: `add` commits a batch with ONE SQLite transaction after its bytes
 are fsync'ed and checked, so an interrupted add resumes where it stopped; a changed file is a new row (the old
 one is tombstoned), `remove` / `prune` tombstone; readers (search) see a consistent snapshot of the committed,
@@ -49,10 +49,12 @@ from ..extract.extractor import Extractor
 from ..presets import Preset, preset_from_toml
 from ..store import TABLES as STORE_TABLES
 from ..store import Column, Snapshot, Store, connect
-from ..store.columns import BOXES, GLOBAL, REGIONS
+from ..store.columns import GLOBAL
 
+from .describe import describe_file, describer_for
 from .records import (DATABASE, FORMAT_VERSION, MODEL, SCHEMA_SQL, TABLES, AddReport,
-                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem)
+                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem,
+                      named_files)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,17 @@ class Index:
                               f"{', '.join(missing)}); rebuild the index")
         return meta
 
+    def another(self) -> "Index":
+        """A second handle on this index, for another thread: its own SQLite connection (a connection belongs to
+        the thread that made it) and store, sharing this handle's extractor (read-only once loaded)."""
+        db = connect(self.path / DATABASE)
+        return Index(self.path, db, self.extractor, Store(self.path, db))
+
+    def writing(self):
+        """Hold the writer's lock across several calls (`add`, `remove`, ...; they take it again re-entrantly);
+        StoreBusy if another process holds it."""
+        return self.store.writer()
+
     def close(self) -> None:
         self._db.close()
 
@@ -245,6 +258,10 @@ class Index:
                 f"SELECT {_RECORD} FROM images i WHERE i.row IN ({','.join('?' * len(part))})", part)})
         return [by_row[r] for r in rows]
 
+    def live_record(self, path: str) -> ImageRecord | None:
+        """The live image stored under file path `path`, or None."""
+        return self._live_record(path)
+
     def _live_record(self, path: str) -> ImageRecord | None:
         r = self._db.execute(f"SELECT {_RECORD} {_LIVE} AND s.key = ?", (path,)).fetchone()
         return None if r is None else ImageRecord(*r)
@@ -260,23 +277,41 @@ class Index:
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, paths: Iterable[Path | str], *, root: Path | str | None = None, batch_size: int = 16,
-            progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+            progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None, workers: int = 0,
+            device: str = "cpu", threads: int | None = None) -> AddReport:
         """Describe and store images not yet indexed; skip unchanged ones; re-describe changed files.
 
-        `root` makes the stored `name` relative to it. A changed file gets a new row and its old row is
+        `root` makes the stored `name` relative to it: the path as given (links not resolved, so a folder of
+        symbolic links stores `a/b.jpg`, never where the link points); the file read is the resolved path. A changed file gets a new row and its old row is
         tombstoned (committed rows are never rewritten). Unreadable files, and images with no usable content,
         are recorded in `failures` and skipped (a previously stored version stays). Work is committed every
         `batch_size` images, so an interrupted add loses at most one batch; `on_batch(n_live)` is called after
         each commit.
+
+        Runtime options (never part of the preset): `workers` >= 1 describes in that many worker processes
+        (decode, resize, the trunk batched over same-size images of each `batch_size` batch, `threads` torch
+        threads each), the single writer storing their results in the order given; `device` (cpu, cuda, mps)
+        runs the trunk there. Stored rows equal the one-process path's (bit-identical on CPU at the same torch
+        threads per process: see `instar.index.describe`).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
-        root = Path(root).resolve() if root is not None else None
-        items = []
-        for p in dict.fromkeys(Path(p).resolve() for p in paths):
-            name = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else str(p)
-            items.append((p, name))
-        return self._add(items, batch_size=batch_size, progress=progress, on_batch=on_batch)
+        return self._add(self.named(paths, root), batch_size=batch_size, progress=progress, on_batch=on_batch,
+                         workers=workers, device=device, threads=threads)
+
+    named = staticmethod(named_files)
+
+    def unchanged(self, path: Path | str, sha256: str) -> bool:
+        """Whether the file at `path` is stored, live, with this content hash (so `add` would skip it)."""
+        known = self._live_record(str(path))
+        return known is not None and known.sha256 == sha256
+
+    def record_failures(self, failures: Sequence[tuple[str, str]]) -> None:
+        """Record files that could not be used ((path, reason) each, as `add` does for its own)."""
+        if failures:
+            with self.store.writer() as w, w.transaction() as db:
+                now = time.time()
+                db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", [(p, r, now) for p, r in failures])
 
     def reextract(self, records: Sequence[ImageRecord], *, batch_size: int = 16,
                   progress: Progress = no_progress) -> AddReport:
@@ -330,44 +365,43 @@ class Index:
 
     def _describe(self, path: Path) -> tuple[int, int, dict[str, np.ndarray]]:
         """(width, height, {column: data}) of one image file; ImageLoadError if it cannot be used."""
-        image = imgs.load_image(path)
-        d = self.extractor.describe_full(imgs.fit_image(image, self.preset["image"]["max_size"], path=path))
-        problem = descriptor_problem(d.vector)
-        if problem:
-            raise imgs.ImageLoadError(path, problem)
-        data = {GLOBAL: np.asarray(d.vector, dtype=np.float32)}
-        scale = np.array([image.width / d.size[0], image.height / d.size[1]] * 2, dtype=np.float32)
-        if self.extractor.stores_regions:
-            data[BOXES] = (d.boxes * scale).astype(np.float32)
-        if self.extractor.stores_region_descriptors:
-            data[REGIONS] = np.asarray(d.regions, dtype=np.float32)
-        data.update(d.extra)
-        for name in self.extractor.pixel_columns():  # points / boxes of the stages, to original pixels like BOXES
-            xy = np.asarray(data[name], dtype=np.float32)
-            data[name] = (xy * np.resize(scale, xy.shape[-1])).astype(np.float32)
-        return image.width, image.height, data
+        return describe_file(self.extractor, path)
 
     def _add(self, items: Sequence[tuple[Path, str]], *, force: set[int] = frozenset(), batch_size: int = 16,
-             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None) -> AddReport:
+             progress: Progress = no_progress, on_batch: Callable[[int], None] | None = None, workers: int = 0,
+             device: str = "cpu", threads: int | None = None) -> AddReport:
+        if workers < 0:
+            raise ValueError(f"workers={workers}: must be 0 (this process) or more")
         report = AddReport()
-        with self.store.writer() as w:
+        if device != "cpu" and workers == 0:
+            self.extractor.to_device(device)
+        with self.store.writer() as w, describer_for(self.extractor, workers=workers, batch_size=batch_size,
+                                                     device=device, threads=threads) as describer:
             pending: list[Described] = []
-            for p, name in progress(items, desc="indexing"):
-                spath = str(p)
-                known = self._live_record(spath)
+
+            def todo(item: tuple[Path, str]) -> tuple:
+                """(path, name, known record, content hash or None, why it needs no description or None)."""
+                p, name = item
+                known = self._live_record(str(p))
                 try:
                     digest = imgs.content_hash(p)
                 except OSError as e:
-                    self._record_failure(w, spath, f"cannot read file ({e.strerror or e})", report, known, force)
-                    continue
+                    return p, name, known, None, f"cannot read file ({e.strerror or e})"
                 if known is not None and known.sha256 == digest and known.row not in force:
+                    return p, name, known, digest, "unchanged"
+                return p, name, known, digest, None
+
+            described = describer.map((todo(it) for it in items), lambda t: t[0] if t[4] is None else None)
+            for (p, name, known, digest, skip), outcome in progress(described, desc="indexing", total=len(items)):
+                spath = str(p)
+                if skip == "unchanged":
                     report.unchanged += 1
                     continue
-                try:
-                    width, height, data = self._describe(p)
-                except imgs.ImageLoadError as e:
-                    self._record_failure(w, spath, e.reason, report, known, force)
+                reason = skip if skip is not None else (outcome if isinstance(outcome, str) else None)
+                if reason is not None:
+                    self._record_failure(w, spath, reason, report, known, force)
                     continue
+                width, height, data = outcome
                 pending.append(Described(spath, name, width, height, digest, data))
                 if len(pending) >= batch_size:
                     self._commit(w, pending, report)

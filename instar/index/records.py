@@ -1,7 +1,9 @@
 """What an index stores per image beyond its columns' bytes: records, add reports, descriptions and their checks."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -131,3 +133,26 @@ def check_description(it: Described, columns: Sequence[Column], stored: dict[str
     if dim and np.asarray(it.data[GLOBAL]).shape != (dim,):
         raise ValueError(f"{who}: global descriptor of shape {np.asarray(it.data[GLOBAL]).shape}, the index "
                          f"holds dimension {dim}")
+
+
+def stored_name(path: Path | str, root: Path | str | None) -> str:
+    """The name an image file is stored under: its path relative to `root` as the user gave both (absolute but
+    with links not resolved, so a link's target never shows), else relative to the resolved root, else the
+    absolute path."""
+    given = Path(os.path.abspath(path))
+    if root is None:
+        return str(given)
+    base = Path(os.path.abspath(root))
+    if given.is_relative_to(base):
+        return given.relative_to(base).as_posix()
+    real, real_base = given.resolve(), base.resolve()
+    return real.relative_to(real_base).as_posix() if real.is_relative_to(real_base) else str(given)
+
+
+def named_files(paths, root=None) -> list:
+    """(resolved path, stored name) of each distinct file, as `Index.add` names them: the file read (and its key)
+    is the resolved path; the name is the path as the user sees it, relative to `root`, links not resolved."""
+    items = {}
+    for given in paths:
+        items.setdefault(Path(given).resolve(), stored_name(given, root))
+    return list(items.items())

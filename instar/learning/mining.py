@@ -4,7 +4,7 @@
    cached training views, no extra forward); `k = 0` tries every pair. (Gordo et al. match every pair within a
    landmark class; an unlabelled folder has no classes, so a global-descriptor shortlist keeps the number of
    pairs linear in the folder's size, as retrieval-based pair mining does.)
-2. Verification: RootSIFT keypoints, mutual ratio-test matches and a RANSAC homography (`instar.matching`); a pair
+2. Verification: RootSIFT keypoints, mutual ratio-test matches and a RANSAC homography (`instar.tools.matching`); a pair
    with at least `min_inliers` inliers is an edge. (Gordo et al. verify with an affine model; the homography is
    instar's box-estimation model, exact for the flat objects and planar facades this is meant for.)
 3. Graph: the connected components of the verified edges are the objects; images left alone (no verified pair)

@@ -3,7 +3,7 @@
     image -> trunk -> per scale: RoI max-pooling over the regions stage's boxes -> L2 -> "PCA" (a shift and a
     fully connected layer, `Whiten`) -> L2 -> sum over regions -> L2;  summed over the scales -> L2
 
-which is exactly what the `rmac` pooling computes with a fitted PCA-whitening (`instar.pooling.rmac`), so at
+which is exactly what the `rmac` pooling computes with a fitted PCA-whitening (`instar.extract.pooling.functional.rmac`), so at
 initialisation (the layer set from that PCA-whitening, `as_layer()`) the network gives the preset's descriptor,
 and once trained its checkpoint is a drop-in replacement (`model_checkpoint`).
 
@@ -110,7 +110,7 @@ class FrozenTrunk(TrunkSplit):
 
 
 class LiteSplit(TrunkSplit):
-    """EfficientNet-Lite (`instar.features.efficientnet`, the checkpoint's `_blocks` layout): the last `blocks` MBConv
+    """EfficientNet-Lite (`instar.extract.features.efficientnet`, the checkpoint's `_blocks` layout): the last `blocks` MBConv
     blocks before the tap, and the head conv (`_conv_head` + `_bn1`) when the tap is `head`, learn; the stem and
     the earlier blocks are frozen. BatchNorm statistics stay frozen (the trunk keeps them in eval mode); their
     affine weights in the trained blocks learn."""

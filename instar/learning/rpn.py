@@ -1,4 +1,4 @@
-"""Training an RPN head (`instar.regions.rpn`) on a frozen trunk's maps, from boxes instar estimated by matching.
+"""Training an RPN head (`instar.extract.regions.rpn`) on a frozen trunk's maps, from boxes instar estimated by matching.
 
 Faster R-CNN's RPN recipe (Ren et al. sec. 3.1.2-3.1.3, as Gordo et al. sec. 3.2 use it): an anchor is positive
 when its IoU with a box is >= 0.7, or when it is a box's best anchor; negative when its IoU with every box is

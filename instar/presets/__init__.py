@@ -11,7 +11,7 @@ from typing import Any
 from ..core.registry import SEARCH_SECTIONS, SECTIONS, RegistryError
 from .rules import incompatibility, learns
 
-DEFAULT_PRESET = "rootsift-vlad"
+DEFAULT_PRESET = "sscd-spoc-lite0-sp"  # chosen by measurement: docs/default.md
 
 TOP_LEVEL = {"name": "", "description": "", "reference": ""}
 
@@ -67,6 +67,19 @@ class Preset:
         expansion), so that an index can be searched with other search settings than it was built with."""
         kept = {k: v for k, v in self.sections.items() if k not in SEARCH_SECTIONS}
         return Preset(self.name, self.description, self.reference, kept).to_toml()
+
+    def stored_differences(self, other: "Preset") -> list[str]:
+        """'section.key: VALUE here, OTHER there' for every setting an index stores (every section but the
+        search-time ones) that differs between this preset and `other`."""
+        out = []
+        for section, values in self.sections.items():
+            if section in SEARCH_SECTIONS:
+                continue
+            theirs = other.sections.get(section, {})
+            for key in dict.fromkeys([*values, *theirs]):
+                if values.get(key) != theirs.get(key):
+                    out.append(f"{dotted_key(section, key)}: {values.get(key)!r} in the index, {theirs.get(key)!r} asked")
+        return out
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """A copy with 'section.key' values replaced (validated like the file's own).
@@ -160,6 +173,18 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
         raise PresetError(f"{where}: {value!r} is not a valid {type(default).__name__}") from None
 
 
+def _check_range(allowed, value: Any, where: str) -> None:
+    """PresetError naming `where` (the file and section.key) and the range, for a number (or any item of a list
+    of numbers) outside the range its entry declares."""
+    if allowed is None:
+        return
+    for v in value if isinstance(value, list) else [value]:
+        if not allowed.contains(v):
+            shown = f"{value!r}" if not isinstance(value, list) else f"{value!r} (item {v!r})"
+            raise PresetError(f"{where} = {shown} is out of range: expected {allowed}"
+                              + (", a finite number" if isinstance(v, float) else ""))
+
+
 def parse_preset(raw: dict[str, Any], source: str = "<preset>") -> Preset:
     """Validate a preset dict (as read from TOML) against the stage registries and fill in defaults."""
     registries = _sections()
@@ -184,6 +209,7 @@ def parse_preset(raw: dict[str, Any], source: str = "<preset>") -> Preset:
         for key, default in entry.params.items():
             value = _coerce(default, given[key], f"{source}: {section}.{key}") if key in given else copy.deepcopy(default)
             values[key] = list(value) if isinstance(value, tuple) else value
+            _check_range(entry.ranges.get(key), values[key], f"{source}: {section}.{key}")
         for key, allowed in getattr(entry, "choices", {}).items():
             allowed = tuple(allowed()) if callable(allowed) else tuple(allowed)
             if values[key] not in allowed:
@@ -192,8 +218,6 @@ def parse_preset(raw: dict[str, Any], source: str = "<preset>") -> Preset:
     why = incompatibility(sections)
     if why:
         raise PresetError(f"{source}: {why}")
-    if any(s <= 0 for s in sections["features"].get("scales", [1.0])):
-        raise PresetError(f"{source}: features.scales must all be positive")
     return Preset(name=str(raw["name"]), description=str(raw.get("description", "")),
                   reference=str(raw.get("reference", "")), sections=sections, source=source)
 

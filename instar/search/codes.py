@@ -1,6 +1,6 @@
 """Instance search with Deep Region Hashing codes (Song et al. sec. 3.2): gDRH -> gQE -> lDRH -> lQE.
 
-The stages read the binary codes a coding preset stores (`instar.coding`: `codes`, one per image, and
+The stages read the binary codes a coding preset stores (`instar.extract.coding`: `codes`, one per image, and
 `region_codes`, one per stored region) and the query's codes, which the index's coding stage computes from the
 query's global vector (the query crop: DRH's query is an image patch) on first use (`query_codes`).
 

@@ -59,11 +59,15 @@ class Searcher:
                              f"({', '.join(s + '.*' for s in SEARCH_SECTIONS)})")
         self.index = index
         self.pipeline = SearchPipeline(index.preset if preset is None else preset, overrides)
-        self.db = Database.from_index(index)
+        if hasattr(index, "wrap_filter"):  # a sharded index: each shard filters its own rows, then merged by score
+            self.pipeline.filter = index.wrap_filter(self.pipeline.filter)
+        self.refresh()
 
     def refresh(self) -> None:
         """See the images committed since this searcher (or its last refresh) read the index."""
         self.db = Database.from_index(self.index)
+        if hasattr(self.pipeline.filter, "refresh"):
+            self.pipeline.filter.refresh()
 
     def query(self, query: Path | str | np.ndarray, box: Sequence[float] | None = None) -> Query:
         """A `Query` of an image file (optionally a box on it) or a ready (D,) descriptor; a query with no usable

@@ -19,7 +19,7 @@ integers (store rows); names and client file names are never used as paths: uplo
 generated names (the SHA-256 of their bytes), and a server-side folder must lie inside a root the server was
 started with (`allow_folders`).
 
-Concurrency (the store's rules, instar/store.py):
+Concurrency (the store's rules, instar/store/):
 - The index stays open. Each worker thread has its own read-only SQLite connection (a connection belongs to
   its thread) over one shared `Extractor`: the preset's learned model is loaded once, and a trunk that loads
   lazily (`CNNFeatures.model`) is loaded here, at start-up, so no request pays for it and no two threads race
@@ -41,18 +41,20 @@ from typing import Optional, Sequence
 
 from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from swagger_ui_bundle import swagger_ui_path
 
 from ..extract import images as imgs
 from ..store import StoreBusy, StoreError
 
-
 from .files import (ADD_FIELDS, DEFAULT_MAX_FILES, DEFAULT_MAX_K, DEFAULT_MAX_UPLOAD_BYTES, MAX_THUMBNAIL_SIZE,
                     SEARCH_FIELDS, THUMBNAIL_SIZE, default_workers)
-from .middleware import ApiError, BodyLimit, SecurityHeaders, error_response
+from .middleware import ApiError, BodyLimit, RequestGuard, SecurityHeaders, allowed_host_names, error_response
 from .models import ERRORS, AddResponse, DeleteResponse, HealthResponse, SearchResponse, StatsResponse
 from .service import Service, refuse_unknown_fields, search_overrides, web_dir
 
@@ -63,7 +65,8 @@ def create_app(index_path: Path | str, *, token: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int | None = None,
                max_k: int = DEFAULT_MAX_K, max_files: int = DEFAULT_MAX_FILES,
                allow_folders: Sequence[Path | str] = (), workers: int | None = None,
-               torch_threads: int | None = None) -> FastAPI:
+               torch_threads: int | None = None, host: str = "127.0.0.1",
+               allowed_hosts: Sequence[str] = ()) -> FastAPI:
     """The service over the index at `index_path` (opened now: a bad index raises `IndexError_`).
 
     `token`: bearer token required by POST /images and DELETE /images/{id} (None: open). `max_upload_bytes`:
@@ -71,7 +74,9 @@ def create_app(index_path: Path | str, *, token: str | None = None,
     `max_k`: most hits one search returns. `max_files`: most files one POST /images takes. `allow_folders`:
     roots a server-side folder given to POST /images must lie in (none: folders are refused). `workers`:
     search threads (default: one per core, at most 4); `torch_threads`: intra-op threads per forward
-    (default: cores / workers), applied when the app starts.
+    (default: cores / workers), applied when the app starts. `host`: the address the server is bound to; a
+    request's Host header must name it (or a loopback name when it is a loopback or wildcard address) or one of
+    `allowed_hosts` ('*': any). A POST, PUT, PATCH or DELETE sent by a page of another origin is refused (403).
     """
     service = Service(index_path, token=token, max_upload_bytes=max_upload_bytes,
                       max_pixels=imgs.max_pixels_limit(max_pixels), max_k=max_k, max_files=max_files,
@@ -85,7 +90,7 @@ def create_app(index_path: Path | str, *, token: str | None = None,
         finally:
             service.close()
 
-    app = FastAPI(title="instar", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="instar", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Instance-level image search: upload a photo (and a box on it), get every indexed "
                               "photo of the same object with where it is. Errors are JSON {error, detail}.")
     app.state.service = service
@@ -113,7 +118,19 @@ def create_app(index_path: Path | str, *, token: str | None = None,
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         error = {404: "not found", 405: "method not allowed", 413: "upload too large"}.get(exc.status_code, "bad request")
-        return error_response(exc.status_code, error, exc.detail, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:   # every method some route takes at this path, not only the first route's
+            methods = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] is not Match.NONE:
+                    methods |= set(getattr(route, "methods", None) or ())
+            headers["Allow"] = ", ".join(sorted(methods))
+        return error_response(exc.status_code, error, exc.detail, headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal error", "the server failed on this request; see its log")
 
     @app.exception_handler(StoreBusy)
     async def busy(request: Request, exc: StoreBusy):
@@ -130,6 +147,15 @@ def create_app(index_path: Path | str, *, token: str | None = None,
         return FileResponse(web_dir() / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=web_dir()), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI from the swagger-ui-bundle package's files, served here: /docs works offline."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="instar API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     @app.post("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
     async def search_route(
@@ -142,20 +168,21 @@ def create_app(index_path: Path | str, *, token: str | None = None,
             filter: Optional[str] = Form(None, description="filter.method for this search (e.g. knn, regional)."),
             rerank: Optional[str] = Form(None, description="rerank.method for this search (e.g. none, ca-sr)."),
             expansion: Optional[str] = Form(None, description="expansion.method for this search (none, aqe, alpha-qe)."),
-            sets: Optional[list[str]] = Form(None, alias="set", description="Search-time setting SECTION.KEY=VALUE "
-                                                                            "(repeatable), e.g. rerank.top=50."),
+            sets: list[str] = Form([], alias="set", description="Search-time setting SECTION.KEY=VALUE "
+                                                                "(repeatable), e.g. rerank.top=50."),
     ) -> SearchResponse:
         """Rank the index for a query photo (or a box on it); each hit says where the object is."""
         await refuse_unknown_fields(request, SEARCH_FIELDS)
         overrides = search_overrides(filter, rerank, expansion, sets)
         return await service.run_search(service.search, image, box, k, overrides)
 
-    @app.get("/images/{id}", response_class=FileResponse, responses={**ERRORS, 200: {
+    @app.get("/images/{id}", response_class=Response, responses={**ERRORS, 200: {
         "content": {"image/*": {}}, "description": "The stored image file."}}, tags=["images"])
     async def image_route(id: int = PathParam(..., description="The image's id (from a hit).")):
-        """The stored image file, as it was indexed."""
-        path, media = await service.run_search(service.image_file, id)
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=300"})
+        """The stored image file, as it was indexed (re-checked as it is opened: still the indexed regular file,
+        no symbolic link on its path, an image by its content; 404 otherwise)."""
+        data, media = await service.run_search(service.image_file, id)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/images/{id}/thumbnail", responses={**ERRORS, 200: {"content": {"image/jpeg": {}}}},
              response_class=Response, tags=["images"])
@@ -172,8 +199,9 @@ def create_app(index_path: Path | str, *, token: str | None = None,
             request: Request,
             files: Optional[list[UploadFile]] = File(None, description="Photos to add; stored in the index's "
                                                                        "uploads/ folder under generated names."),
-            folder: Optional[str] = Form(None, description="A folder on the server to add (recursively); must lie "
-                                                           "inside a folder the server allows (--allow-folder)."),
+            folder: Optional[str] = Form(None, min_length=1, max_length=4096,
+                                         description="A folder on the server to add (recursively); must lie "
+                                                     "inside a folder the server allows (--allow-folder)."),
     ) -> AddResponse:
         """Add uploaded photos, or a server-side folder, to the index (one write at a time; searches go on)."""
         await refuse_unknown_fields(request, ADD_FIELDS)
@@ -205,6 +233,9 @@ def create_app(index_path: Path | str, *, token: str | None = None,
         """Images, preset and its sections, bytes on disk per column, model provenance, limits."""
         return await service.run_search(service.stats)
 
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=service.max_upload_bytes)
+    app.add_middleware(RequestGuard, hosts=allowed_host_names(host, allowed_hosts), token_problem=service.token_problem,
+                       needs_token=lambda method, path: (method, path.rstrip("/")) == ("POST", "/images")
+                       or (method == "DELETE" and path.startswith("/images/")))
+    app.add_middleware(SecurityHeaders)   # outermost: the guard's refusals get the headers too
     return app

@@ -1,22 +1,18 @@
-"""Files the service reads and writes: image-header inspection, uploads, thumbnails, worker counts."""
+"""Files the service writes (uploads), the thumbnail cache, box parsing and worker counts."""
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import os
 import shutil
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import TypeVar
 
 from fastapi import UploadFile
-from PIL import Image, UnidentifiedImageError
 
 from ..core import boxes
-from ..extract import images as imgs
 
 
 from .middleware import ApiError
@@ -34,9 +30,6 @@ THUMBNAIL_CACHE_BYTES = 64 * 1024 * 1024
 TOKEN_ENV = "INSTAR_TOKEN"
 SEARCH_FIELDS = ("image", "box", "k", "filter", "rerank", "expansion", "set")
 ADD_FIELDS = ("files", "folder")
-# Pillow format -> the extension an upload is stored under (formats the indexer lists)
-FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp",
-                     "PPM": ".ppm"}
 T = TypeVar("T")
 
 
@@ -58,51 +51,6 @@ def parse_box(text: str) -> Box:
         return boxes.parse_box(text)
     except ValueError as e:
         raise ApiError(422, "bad box", f"box {text!r}: {e} (original pixels)") from None
-
-
-def exif_orientation(im: Image.Image) -> int:
-    """The EXIF orientation tag from what the header holds (PNG's getexif would decode the whole image)."""
-    if im.format == "PNG":
-        raw = im.info.get("exif")
-        if not raw:
-            return 1
-        exif = Image.Exif()
-        exif.load(raw)
-        return exif.get(0x0112, 1)
-    return im.getexif().get(0x0112, 1)
-
-
-def inspect_image(path: Path, label: str, max_pixels: int) -> tuple[int, int, str]:
-    """(width, height after EXIF orientation, Pillow format) of an uploaded file from its header alone; 413 for
-    an image above the pixel limit (a decompression bomb is refused before it is decoded), 422 for bytes that
-    are not an image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height, fmt = im.width, im.height, im.format or ""
-                if width * height > max_pixels:
-                    raise ApiError(413, "image too large", f"{label}: declares {width}x{height} pixels, above the "
-                                                           f"limit of {max_pixels} pixels ({imgs.MAX_PIXELS_ENV}); "
-                                                           "not decoded")
-                orientation = exif_orientation(im)
-    except Image.DecompressionBombError:
-        try:
-            size = imgs._declared_size(path)
-        except OSError:
-            size = None
-        declared = f"{size[0]}x{size[1]} pixels" if size else "more pixels than the decoder allows"
-        raise ApiError(413, "image too large", f"{label}: declares {declared}, above the limit of {max_pixels} "
-                                               f"pixels ({imgs.MAX_PIXELS_ENV}); not decoded") from None
-    except UnidentifiedImageError:
-        raise ApiError(422, "bad image", f"{label}: not an image format Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ApiError(422, "bad image", f"{label}: damaged or truncated image data ({e})") from None
-    if width < 1 or height < 1:
-        raise ApiError(422, "bad image", f"{label}: declares an empty {width}x{height} image")
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    return width, height, fmt
 
 
 def save_upload(upload: UploadFile, directory: Path | None = None, suffix: str = ".upload") -> Path:
@@ -154,17 +102,3 @@ class ThumbnailCache:
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped)
-
-
-def make_thumbnail(path: Path | str, size: int, max_pixels: int) -> bytes:
-    """JPEG bytes of an image shrunk so its longest side is `size` (never enlarged), EXIF-oriented."""
-    image = imgs.load_image(path, max_pixels=max_pixels)
-    scale = min(1.0, size / max(image.size))
-    if scale < 1.0:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-

@@ -1,7 +1,9 @@
-"""Errors as JSON, the request-body limit and the security headers: ASGI pieces around every route."""
+"""Errors as JSON, the host / origin / token guard, the request-body limit and the security headers: ASGI pieces
+around every route."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -97,3 +99,76 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "::", "")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header ('127.0.0.1:8000' -> '127.0.0.1', '[::1]:80' -> '::1'), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def allowed_host_names(bound: str, extra: Sequence[str] = ()) -> frozenset[str] | None:
+    """The Host names a server bound to `bound` answers: the bound address, the loopback names when it listens on
+    loopback or on every interface, and `extra` (--allowed-host); None when `extra` holds '*' (any host)."""
+    names = {host_name(h).rstrip(".") for h in extra}
+    if "*" in names:
+        return None
+    bound = bound.strip().lower().strip("[]")
+    names.add(bound)
+    if bound in LOOPBACK or bound in WILDCARD or bound.startswith("127."):
+        names.update(LOOPBACK)
+    return frozenset(n for n in names if n)
+
+
+def origin_of(url: str) -> str | None:
+    """'scheme://host[:port]' of a URL (an Origin or Referer header), lower case; None if it has none."""
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else None
+
+
+class RequestGuard:
+    """ASGI middleware deciding from the headers alone, before any body is read:
+
+    - Host: a request whose Host is not a name this server answers (`hosts`) is refused (400), so a page on
+      another site cannot reach it through DNS rebinding;
+    - cross-site writes: a POST, PUT, PATCH or DELETE whose Origin (or, without one, Referer) is not the server's
+      own origin is refused (403), so a page from another origin open in the user's browser cannot add or delete
+      images; API clients that send neither (curl, httpx, the Python client) are not affected;
+    - the bearer token of the routes that change the index (`needs_token(method, path)`), checked by
+      `token_problem(authorization header)`: 401 before a large body is received.
+    """
+
+    def __init__(self, app, *, hosts: frozenset[str] | None, token_problem: Callable[[str | None], str | None],
+                 needs_token: Callable[[str, str], bool]):
+        self.app, self.hosts, self.token_problem, self.needs_token = app, hosts, token_problem, needs_token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        host = headers.get("host", "")
+        if self.hosts is not None and host_name(host).rstrip(".") not in self.hosts:
+            return await error_response(400, "host not allowed", f"Host {host[:200]!r} is not a name this server "
+                                        "answers; start it with --allowed-host NAME to allow one")(scope, receive, send)
+        method = scope["method"].upper()
+        if method in UNSAFE_METHODS:
+            sent = headers.get("origin") or headers.get("referer")
+            own = f"{scope.get('scheme', 'http')}://{host}".lower()
+            if sent is not None and origin_of(sent) != own:
+                return await error_response(403, "cross-origin request refused",
+                                            f"this request comes from a page of {sent[:200]!r}, not from {own}; a "
+                                            "write must come from this server's own page or from a client that sends "
+                                            "no Origin")(scope, receive, send)
+            if self.needs_token(method, scope["path"]):
+                problem = self.token_problem(headers.get("authorization"))
+                if problem:
+                    return await error_response(401, "unauthorized", problem,
+                                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -6,7 +6,6 @@ import collections
 import hmac
 import logging
 import math
-import mimetypes
 import os
 import threading
 import time
@@ -19,15 +18,15 @@ from fastapi import Request, UploadFile
 
 from ..core.registry import SEARCH_SECTIONS
 from ..extract import images as imgs
-from ..index import DATABASE, MODEL, Index, IndexError_
+from ..extract.image_files import FORMAT_EXTENSIONS, inspect_image, make_thumbnail, read_image_file
+from ..index import DATABASE, MODEL, Index, IndexError_, remove_owned, remove_unowned
 from ..presets import PresetError, parse_settings
 from ..presets.rules import fitting_entries
 from ..search import search
-from ..store import Store, connect
+from ..store import StoreBusy
 
-
-from .files import (FORMAT_EXTENSIONS, MAX_THUMBNAIL_SIZE, THUMBNAIL_SIZE, UPLOADS, T, ThumbnailCache, bytes_of, cpu_count,
-                    inspect_image, make_thumbnail, parse_box, save_upload)
+from .files import (MAX_THUMBNAIL_SIZE, THUMBNAIL_SIZE, UPLOADS, T, ThumbnailCache, bytes_of, cpu_count, parse_box,
+                    save_upload)
 from .middleware import ApiError
 from .models import (AddedFile, AddResponse, ColumnBytes, DeleteResponse, DiskUsage, Limits, PresetInfo, Provenance,
                      QueryInfo, SearchHit, SearchResponse, StatsResponse)
@@ -43,8 +42,8 @@ class Service:
                  max_k: int, max_files: int, allow_folders: Sequence[Path | str], workers: int,
                  torch_threads: int | None):
         self.path = Path(index_path).resolve()
-        with Index.open(self.path) as primary:   # validates the index; builds and loads the extractor once
-            self.extractor = primary.extractor
+        self.primary = Index.open(self.path)   # validates the index; builds and loads the extractor once
+        self.extractor = self.primary.extractor
         self._load_lazy_stages()
         self.token = token or None
         self.max_upload_bytes = int(max_upload_bytes)
@@ -55,6 +54,7 @@ class Service:
             if not root.is_dir():
                 raise IndexError_(f"{root}: --allow-folder must name an existing folder")
         self.uploads = self.path / UPLOADS
+        self._remove_orphan_uploads(self.primary)
         self.workers = int(workers)
         self.torch_threads = int(torch_threads) if torch_threads else max(1, cpu_count() // self.workers)
         self.search_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="instar-search")
@@ -70,6 +70,14 @@ class Service:
         if getattr(features, "kind", None) == "maps":
             _ = features.model
 
+    def _remove_orphan_uploads(self, idx: Index) -> None:
+        """Uploads an add killed before its commit left behind (no committed row owns them) are deleted, under
+        the writer's lock; when another process writes to the index now, the next upload does it."""
+        try:
+            remove_unowned(idx, self.uploads)
+        except StoreBusy:
+            log.warning("%s: another process is writing; orphan uploads are removed at the next upload", self.path)
+
     def apply_torch_threads(self) -> None:
         import torch
         torch.set_num_threads(self.torch_threads)
@@ -79,14 +87,13 @@ class Service:
         thread that made it) and store, sharing the service's extractor."""
         idx = getattr(self._local, "index", None)
         if idx is None:
-            db = connect(self.path / DATABASE)
-            idx = Index(self.path, db, self.extractor, Store(self.path, db))
-            self._local.index = idx
+            idx = self._local.index = self.primary.another()
         return idx
 
     def close(self) -> None:
         self.search_pool.shutdown(wait=True, cancel_futures=True)
         self.writer_pool.shutdown(wait=True, cancel_futures=True)
+        self.primary.close()
 
     async def run_search(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.search_pool, fn, *args)
@@ -115,7 +122,8 @@ class Service:
             (rec,) = idx.records([image_id])
         except KeyError:
             raise ApiError(404, "unknown id", f"no image with id {image_id}") from None
-        if idx.store.live_row(rec.path) != rec.row:
+        live = idx.live_record(rec.path)
+        if live is None or live.row != rec.row:
             raise ApiError(404, "unknown id", f"image {image_id} ({rec.name}) was removed from the index")
         return rec
 
@@ -133,7 +141,8 @@ class Service:
             k = min(int(preset["search"]["k"]), self.max_k)
         tmp = save_upload(upload)
         try:
-            width, height, _ = inspect_image(tmp, label, self.max_pixels)
+            info = self.inspect(tmp, label)
+            width, height = info.width, info.height
             if query_box is not None:
                 try:
                     query_box = imgs.check_box(query_box, width, height, source=label)
@@ -157,33 +166,46 @@ class Service:
                               k=k, settings={s: preset[s] for s in ("filter", "rerank", "expansion")},
                               took_ms=(time.perf_counter() - started) * 1000, hits=out)
 
+    def inspect(self, path: Path, label: str):
+        """What an uploaded file's header says; 413 above the pixel limit, 422 for what is not an image."""
+        try:
+            return inspect_image(path, label, self.max_pixels)
+        except imgs.ImageTooLarge as e:
+            raise ApiError(413, "image too large", f"{label}: {e.reason}") from None
+        except imgs.ImageLoadError as e:
+            raise ApiError(422, "bad image", f"{label}: {e.reason}") from None
+
     # --- images -------------------------------------------------------------------------------------
-    def image_file(self, image_id: int) -> tuple[str, str]:
+    def image_file(self, image_id: int) -> tuple[bytes, str]:
+        """The bytes and media type of a live image's file, with the add's rules re-applied as it is opened
+        (its real path unchanged, no link, a regular file, an image by its content); 404 otherwise."""
         rec = self.live_record(self.index(), image_id)
-        if not os.path.isfile(rec.path):
-            raise ApiError(404, "image file is gone", f"image {image_id} ({rec.name}): its file is no longer on "
-                                                      "the server")
-        media = mimetypes.guess_type(rec.path)[0] or "application/octet-stream"
-        return rec.path, media
+        try:
+            data, info = read_image_file(rec.path, f"image {image_id} ({rec.name})", self.max_pixels)
+        except imgs.ImageLoadError as e:
+            raise ApiError(404, "image file is unavailable", str(e)) from None
+        return data, info.media_type
 
     def thumbnail(self, image_id: int, size: int) -> bytes:
         rec = self.live_record(self.index(), image_id)
-        cached = self.thumbnails.get((rec.row, size))
-        if cached is not None:
-            return cached
+        label = f"image {image_id} ({rec.name})"
         try:
-            data = make_thumbnail(rec.path, size, self.max_pixels)
+            data, _ = read_image_file(rec.path, label, self.max_pixels)   # checked every time, cached or not
+            cached = self.thumbnails.get((rec.row, size))
+            if cached is not None:
+                return cached
+            thumb = make_thumbnail(data, label, size, self.max_pixels)
         except imgs.ImageLoadError as e:
-            raise ApiError(404, "image file is unavailable", f"image {image_id} ({rec.name}): {e.reason}") from None
-        self.thumbnails.put((rec.row, size), data)
-        return data
+            raise ApiError(404, "image file is unavailable", str(e)) from None
+        self.thumbnails.put((rec.row, size), thumb)
+        return thumb
 
     # --- writing ------------------------------------------------------------------------------------
     def _stored_upload(self, tmp: Path, label: str) -> tuple[Path, bool] | str:
         """Move a validated temporary upload to INDEX/uploads/<sha256><ext>; (path, created) or the reason it
         was refused. Identical bytes map to the same file, so uploading a photo twice does not index it twice."""
         try:
-            _, _, fmt = inspect_image(tmp, label, self.max_pixels)
+            fmt = self.inspect(tmp, label).format
         except ApiError as e:
             tmp.unlink(missing_ok=True)
             return str(e.detail)
@@ -201,6 +223,15 @@ class Service:
     def add_uploads(self, uploads: list[UploadFile]) -> AddResponse:
         started = time.perf_counter()
         idx = self.index()
+        with idx.writing():   # one lock for the whole add: recovery, the stored files and their rows
+            remove_unowned(idx, self.uploads)
+            files = self._add_uploads(idx, uploads)
+        count = collections.Counter(f.status for f in files)
+        return AddResponse(added=count["added"], updated=count["updated"], unchanged=count["unchanged"],
+                           failed=count["failed"], images=len(idx), took_ms=(time.perf_counter() - started) * 1000,
+                           files=files)
+
+    def _add_uploads(self, idx: Index, uploads: list[UploadFile]) -> list[AddedFile]:
         self.uploads.mkdir(exist_ok=True)
         files: list[AddedFile] = []
         stored: list[tuple[int, Path, bool]] = []   # (position in files, path, created by this request)
@@ -214,18 +245,18 @@ class Service:
             else:
                 stored.append((len(files) - 1, *result))
         try:
-            before = {str(p): idx.store.live_row(str(p)) for _, p, _ in stored}
+            before = {str(p): self._live_row(idx, str(p)) for _, p, _ in stored}
             report = idx.add([p for _, p, _ in stored], root=self.uploads) if stored else None
         except BaseException:
             for _, p, created in stored:
-                if created and idx.store.live_row(str(p)) is None:
+                if created and self._live_row(idx, str(p)) is None:
                     p.unlink(missing_ok=True)
             raise
         failed = dict(report.failed) if report else {}
         seen: set[str] = set()
         for pos, p, created in stored:
             key, entry = str(p), files[pos]
-            row = idx.store.live_row(key)
+            row = self._live_row(idx, key)
             if key in failed or row is None:
                 entry.error = f"{entry.filename or 'file'}: {failed.get(key, 'not indexed')}"
                 if created and row is None:
@@ -238,25 +269,31 @@ class Service:
             else:
                 entry.status = "added" if before[key] is None else "updated"
             seen.add(key)
-        count = collections.Counter(f.status for f in files)
-        return AddResponse(added=count["added"], updated=count["updated"], unchanged=count["unchanged"],
-                           failed=count["failed"], images=len(idx), took_ms=(time.perf_counter() - started) * 1000,
-                           files=files)
+        return files
+
+    @staticmethod
+    def _live_row(idx: Index, path: str) -> int | None:
+        rec = idx.live_record(path)
+        return None if rec is None else rec.row
 
     def folder_root(self, folder: str) -> tuple[Path, Path]:
         """(the folder's real path, the allowed root holding it), or a 403/404 ApiError."""
         if not self.allow_folders:
             raise ApiError(403, "folders not allowed", "adding a server-side folder is off; start the server with "
                                                        "--allow-folder DIR to allow folders inside DIR")
-        if "\0" in folder:
-            raise ApiError(422, "bad folder", "folder: a path cannot contain a NUL character")
-        real = Path(os.path.realpath(folder))
-        root = next((r for r in self.allow_folders if real.is_relative_to(r)), None)
-        if root is None:
-            raise ApiError(403, "folder not allowed", f"{folder}: outside the folders this server may read "
-                                                      f"({', '.join(map(str, self.allow_folders))})")
-        if not real.is_dir():
-            raise ApiError(404, "no such folder", f"{folder}: not a folder on the server")
+        problem = path_problem(folder)
+        if problem:
+            raise ApiError(422, "bad folder", f"folder {folder[:100]!r}: {problem}")
+        try:
+            real = Path(os.path.realpath(folder))
+            root = next((r for r in self.allow_folders if real.is_relative_to(r)), None)
+            if root is None:
+                raise ApiError(403, "folder not allowed", f"{folder}: outside the folders this server may read "
+                                                          f"({', '.join(map(str, self.allow_folders))})")
+            if not real.is_dir():
+                raise ApiError(404, "no such folder", f"{folder}: not a folder on the server")
+        except OSError as e:
+            raise ApiError(422, "bad folder", f"folder {folder[:100]!r}: {e.strerror or e}") from None
         return real, root
 
     def add_folder(self, folder: str) -> AddResponse:
@@ -279,13 +316,9 @@ class Service:
     def delete(self, image_id: int) -> DeleteResponse:
         idx = self.index()
         rec = self.live_record(idx, image_id)
-        with idx.store.writer() as w:
-            if idx.store.live_row(rec.path) != rec.row:   # removed by another process meanwhile
-                raise ApiError(404, "unknown id", f"image {image_id} ({rec.name}) was removed from the index")
-            w.remove([rec.row])
-            path = Path(rec.path)
-            if path.parent == self.uploads and idx.store.live_row(rec.path) is None:
-                path.unlink(missing_ok=True)   # an upload's file belongs to the index: it goes with its row
+        with idx.writing():
+            self.live_record(idx, image_id)   # removed by another process meanwhile: 404
+            remove_owned(idx, rec.path, self.uploads)   # an upload's file belongs to the index: it goes with its row
         return DeleteResponse(id=rec.row, name=rec.name, images=len(idx))
 
     # --- stats --------------------------------------------------------------------------------------
@@ -336,6 +369,26 @@ class Service:
         return Limits(max_upload_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, min_side=imgs.MIN_SIDE,
                       max_k=self.max_k, max_files=self.max_files, thumbnail_size=THUMBNAIL_SIZE,
                       max_thumbnail_size=MAX_THUMBNAIL_SIZE)
+
+
+# Linux's limits on a path (PATH_MAX) and on one of its parts (NAME_MAX), in bytes
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
+
+
+def path_problem(path: str) -> str | None:
+    """Why a path sent by a client cannot name a file on the server (None: it can)."""
+    if "\0" in path:
+        return "a path cannot contain a NUL character"
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if len(raw) > MAX_PATH_BYTES:
+        return f"{len(raw)} bytes long; a path has at most {MAX_PATH_BYTES}"
+    longest = max((len(part.encode()) for part in path.split("/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"a part of it is {longest} bytes long; a file or folder name has at most {MAX_NAME_BYTES}"
+    return None
 
 
 def web_dir() -> Path:

@@ -372,9 +372,14 @@ def _save(img: np.ndarray, path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(img)).save(path, format="JPEG", quality=_JPEG_QUALITY)
 
 
-# --------------------------------------------------------------------------------------------
-# The build
-# --------------------------------------------------------------------------------------------
+# --- The build: the demo images the default preset (RootSIFT) finds nothing in, on purpose (CNN presets index them)
+EXPECTED_SKIPS = {"distractor_colorwheel.jpg": "a smooth colour wheel has no corners for RootSIFT; expected"}
+
+
+def query_positives(collection: Path, query_name: str) -> set[str]:
+    """The names of a demo query's positives (its collection's queries.json)."""
+    spec = json.loads((collection / "queries.json").read_text())
+    return next(set(q["positives"]) for q in spec["queries"] if q["name"] == query_name)
 
 
 def build_demo(out: Path, seed: int = 0, max_size: int = 512) -> Path:

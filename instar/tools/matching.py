@@ -1,7 +1,7 @@
 """Box estimation by matching (Gordo et al., Deep Image Retrieval, sec. 4 "Bounding box estimation"): where is
 the object of one image in another image of the same object?
 
-Keypoints are RootSIFT (`instar.features.local`); a keypoint of image A matches one of image B when B's is A's
+Keypoints are RootSIFT (`instar.extract.features.local`); a keypoint of image A matches one of image B when B's is A's
 nearest neighbour by Lowe's ratio test (nearest closer than `ratio` x the second nearest) and A's is B's nearest
 too (mutual); a RANSAC homography (`cv2.findHomography`) verifies the matches. Two ways to turn verified
 matches into a box, both here:

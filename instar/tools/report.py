@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,23 @@ from ..extract import images as imgs
 from ..search import Hit
 
 THUMB = 256
+
+
+def page_target_problem(html: Path) -> str | None:
+    """Why an HTML page cannot be written at `html` (checked before searching), or None. Its folder must exist:
+    a mistyped folder is refused, not created."""
+    if html.is_dir():
+        return "is a folder; give the page a file name, e.g. hits.html"
+    if html.exists():
+        return None if os.access(html, os.W_OK) else "is not writable"
+    parent = html.parent
+    if not parent.exists():
+        return f"cannot be created: the folder {parent} does not exist"
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: no permission to write in {parent}"
+    return None
 
 
 def _thumbnail_data_uri(path: Path | str, box: Sequence[float] | None, colour: str, size: int = THUMB) -> str:

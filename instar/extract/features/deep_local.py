@@ -16,7 +16,7 @@ same tap, a grid) can run on it without a second forward pass.
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from PIL import Image
 
 from ...core.norms import l2n
 from ...core.protocols import FeaturesStage
-from ...core.registry import FEATURES, TRUNKS
+from ...core.registry import FEATURES, Range, TRUNKS
 from ..whitening import PCAWhitening
 from .cnn import feature_maps
 from .local import LocalFeatures
@@ -77,8 +77,8 @@ class DeepLocalFeatures(FeaturesStage):
     learns = True
 
     def __init__(self, *, arch: str = "efficientnet-lite0", weights: str = "imagenet", layer: str = "stride32",
-                 scales: tuple[float, ...] = (1.0, 0.7071067811865476, 0.5), max_features: int = 1000,
-                 dim: int = 128, max_vectors: int = 200_000):
+                 scales: Annotated[tuple[float, ...], Range(gt=0, le=8)] = (1.0, 0.7071067811865476, 0.5), max_features: Annotated[int, Range(ge=1)] = 1000,
+                 dim: Annotated[int, Range(ge=1)] = 128, max_vectors: Annotated[int, Range(ge=2)] = 200_000):
         if max_features < 1:
             raise ValueError(f"features.max_features = {max_features}: must be at least 1")
         if dim < 1:

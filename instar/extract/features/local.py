@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from ...core.protocols import FeaturesStage
-from ...core.registry import FEATURES
+from ...core.registry import FEATURES, Range
 
 
 @dataclass
@@ -62,7 +62,7 @@ class RootSIFTFeatures(FeaturesStage):
     """RootSIFT local features through OpenCV, the `max_keypoints` strongest (0: all)."""
     kind = "local"
 
-    def __init__(self, *, max_keypoints: int = 2000):
+    def __init__(self, *, max_keypoints: Annotated[int, Range(ge=0)] = 2000):
         self.max_keypoints = max_keypoints
 
     def __call__(self, image: Image.Image) -> LocalFeatures:

@@ -2,6 +2,8 @@
 match kernel's entries (VLAD / ASMK / ASMK*, per image or over regions) stored for the inverted file."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...asmk.kernel import AGGREGATIONS, KERNELS, Aggregated, aggregate, region_members, with_whole_image
@@ -9,7 +11,7 @@ from ...core.binary import pack_signs
 from ...core.codebook import Codebook, sample_descriptors
 from ...core.norms import l2n
 from ...core.protocols import PoolingStage
-from ...core.registry import POOLINGS
+from ...core.registry import POOLINGS, Range
 from ...store import Column
 from ...store.columns import (ASMK_BOXES, ASMK_CODES, ASMK_GAMMA, ASMK_ITEM, ASMK_VECTORS, ASMK_WORDS, LOCAL_CODES,
                               LOCAL_WORDS, LOCAL_XY)
@@ -21,9 +23,9 @@ class ASMKPooling(PoolingStage):
     input_kind = "local"
     learns = True
 
-    def __init__(self, *, k: int = 1024, kernel: str = "asmk", binary: bool = True, aggregation: str = "image",
-                 points: bool = False, global_bins: int = 256, niter: int = 10, seed: int = 0,
-                 max_descriptors: int = 200_000):
+    def __init__(self, *, k: Annotated[int, Range(ge=2, le=1 << 20)] = 1024, kernel: str = "asmk", binary: bool = True, aggregation: str = "image",
+                 points: bool = False, global_bins: Annotated[int, Range(ge=1)] = 256, niter: Annotated[int, Range(ge=1)] = 10, seed: Annotated[int, Range(ge=0)] = 0,
+                 max_descriptors: Annotated[int, Range(ge=2)] = 200_000):
         if not 2 <= k <= 1 << 20:
             raise ValueError(f"pooling.k = {k}: a codebook of 2 to {1 << 20} visual words")
         if kernel == "vlad" and binary:

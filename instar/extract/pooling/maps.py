@@ -2,14 +2,14 @@
 `functional`'s layers; each scale's map pooled and L2-normalised, the scales summed and L2-normalised."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Annotated, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ...core.norms import l2n
 from ...core.protocols import PoolingStage
-from ...core.registry import POOLINGS
+from ...core.registry import POOLINGS, Range
 from .functional import crow, gem, mac, region_mac, rmac, spoc, sum_pool
 
 
@@ -68,7 +68,7 @@ class SumPooling(MapPooling):
 class GeMPooling(MapPooling):
     """GeM with exponent p (Radenović et al.; survey sec. 4.2.1)."""
 
-    def __init__(self, *, p: float = 3.0):
+    def __init__(self, *, p: Annotated[float, Range(gt=0)] = 3.0):
         self.p = p
 
     def pool_map(self, fmap, regions, whiten):
@@ -79,7 +79,7 @@ class GeMPooling(MapPooling):
 class CroWPooling(MapPooling):
     """CroW: cross-dimensional weighted sum (Kalantidis et al.; survey sec. 4.2.1)."""
 
-    def __init__(self, *, a: float = 2.0, b: float = 2.0):
+    def __init__(self, *, a: Annotated[float, Range(gt=0)] = 2.0, b: Annotated[float, Range(gt=0)] = 2.0):
         self.a, self.b = a, b
 
     def pool_map(self, fmap, regions, whiten):

@@ -1,13 +1,13 @@
 """VLAD pooling of local descriptors over a k-means codebook (`pooling.method = "vlad"`; survey eq. 4-5)."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
 import numpy as np
 
 from ...core.codebook import Codebook, sample_descriptors
 from ...core.protocols import PoolingStage
-from ...core.registry import POOLINGS
+from ...core.registry import POOLINGS, Range
 from .functional import vlad
 
 
@@ -19,7 +19,7 @@ class VLADPooling(PoolingStage):
     whitens_regions = False
     learns = True
 
-    def __init__(self, *, k: int = 64, power: float = 0.5, intra: bool = True, niter: int = 20, seed: int = 0):
+    def __init__(self, *, k: Annotated[int, Range(ge=1)] = 64, power: Annotated[float, Range(gt=0, le=1)] = 0.5, intra: bool = True, niter: Annotated[int, Range(ge=1)] = 20, seed: Annotated[int, Range(ge=0)] = 0):
         self.k, self.power, self.intra, self.niter, self.seed = k, power, intra, niter, seed
         self.codebook: Codebook | None = None
 

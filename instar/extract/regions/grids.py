@@ -1,8 +1,10 @@
 """The grid region methods: `none` (the whole map, one region) and `rmac` (R-MAC's multi-level grid)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from ...core.protocols import RegionsStage
-from ...core.registry import REGIONS
+from ...core.registry import REGIONS, Range
 from . import MapGeometry, Regions, rmac_regions, whole_region
 
 
@@ -18,7 +20,7 @@ class WholeMap(RegionsStage):
 class RMACGrid(RegionsStage):
     """R-MAC's rigid multi-level grid of square regions (R-MAC paper sec. 3.1)."""
 
-    def __init__(self, *, levels: int = 3, overlap: float = 0.4):
+    def __init__(self, *, levels: Annotated[int, Range(ge=1, le=10)] = 3, overlap: Annotated[float, Range(ge=0, lt=1)] = 0.4):
         self.levels, self.overlap = levels, overlap
 
     def __call__(self, fmap, geometry: MapGeometry, image=None) -> Regions:

@@ -21,6 +21,8 @@ arch, layer, in_channels, stride, hidden, anchor_scales, anchor_ratios, max_size
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,7 +35,7 @@ from torch import nn
 
 from ...core.checkpoints import WeightsError, random_seed, read_checkpoint
 from ...core.protocols import RegionsStage
-from ...core.registry import REGIONS
+from ...core.registry import REGIONS, Range
 from . import MapGeometry, Regions
 
 FORMAT = "instar-rpn/1"
@@ -158,7 +160,7 @@ class RPN:
         return self.head
 
     @torch.no_grad()
-    def propose(self, fmap: torch.Tensor, geometry: MapGeometry, top: int = 300, nms_iou: float = 0.7,
+    def propose(self, fmap: torch.Tensor, geometry: MapGeometry, top: Annotated[int, Range(ge=1)] = 300, nms_iou: float = 0.7,
                 pre_nms: int = PRE_NMS, min_size: float = MIN_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """Proposals on one (C, h, w) map: (K, 4) float32 pixel boxes in `geometry`'s image and (K,) float32
         objectness, best first, K <= `top` (the whole image is not added here)."""
@@ -270,7 +272,7 @@ class RPNProposals(RegionsStage):
     needs_trunk = True
 
     def __init__(self, *, weights: str = DEFAULT_WEIGHTS, arch: str = "efficientnet-lite0", layer: str = "stride32",
-                 top: int = 300, nms: float = 0.7):
+                 top: Annotated[int, Range(ge=1)] = 300, nms: Annotated[float, Range(gt=0, le=1)] = 0.7):
         if top < 1:
             raise ValueError(f"regions.top = {top}: must be at least 1")
         if not 0.0 < nms <= 1.0:

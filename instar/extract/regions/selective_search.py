@@ -12,17 +12,19 @@ image's pixels, the first `top` in OpenCV's order are kept, and the whole image 
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import cv2
 import numpy as np
 
 from ...core.protocols import RegionsStage
-from ...core.registry import REGIONS
+from ...core.registry import REGIONS, Range
 from . import MapGeometry, Regions
 
 MODES = ("fast", "quality")
 
 
-def selective_search(image, top: int = 300, mode: str = "fast", max_side: int = 256) -> np.ndarray:
+def selective_search(image, top: Annotated[int, Range(ge=1)] = 300, mode: str = "fast", max_side: Annotated[int, Range(ge=0)] = 256) -> np.ndarray:
     """(R, 4) float32 [x0, y0, x1, y1] pixel boxes on a PIL `image`, at most `top`, in OpenCV's order."""
     if mode not in MODES:
         raise ValueError(f"selective search: mode {mode!r} is not one of {', '.join(MODES)}")
@@ -54,7 +56,7 @@ def selective_search(image, top: int = 300, mode: str = "fast", max_side: int = 
 class SelectiveSearch(RegionsStage):
     """Selective search (Uijlings et al.; DRH sec. 2) via OpenCV ximgproc: the whole image, then the top boxes found on a max_side-px copy."""
 
-    def __init__(self, *, top: int = 300, mode: str = "fast", max_side: int = 256):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 300, mode: str = "fast", max_side: Annotated[int, Range(ge=0)] = 256):
         if mode not in MODES:
             raise ValueError(f"regions.mode = {mode!r}: expected one of {', '.join(MODES)}")
         if top < 1:

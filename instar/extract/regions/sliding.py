@@ -21,12 +21,14 @@ The global region (Wc x Hc) always comes first.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import math
 
 import numpy as np
 
 from ...core.protocols import RegionsStage
-from ...core.registry import REGIONS
+from ...core.registry import REGIONS, Range
 from . import MapGeometry, Regions
 
 # floor((k-1)/(1-lambda)) is exact on paper for lambda 0.5 (2/0.5 = 4) but 4.000...1 or 3.999...9 in floats
@@ -52,7 +54,7 @@ def _spans(size: int, overlap: float, divisors: tuple[int, ...]) -> list[tuple[i
     return spans
 
 
-def sliding_windows(height: int, width: int, overlap: float = 0.6, th: float = 0.8,
+def sliding_windows(height: int, width: int, overlap: Annotated[float, Range(ge=0, lt=1)] = 0.6, th: Annotated[float, Range(gt=0)] = 0.8,
                     aspect: float | None = None) -> np.ndarray:
     """DRH sliding windows on an (H, W) map as (R, 4) int64 [x0, y0, x1, y1) cell boxes, the whole map first.
 
@@ -79,7 +81,7 @@ def sliding_windows(height: int, width: int, overlap: float = 0.6, th: float = 0
 class SlidingWindows(RegionsStage):
     """DRH's sliding windows: widths {W,W/2,W/3} x heights {H,H/2,H/3} slid with overlap, aspect filter th (DRH sec. 3.1.2)."""
 
-    def __init__(self, *, overlap: float = 0.6, th: float = 0.8):
+    def __init__(self, *, overlap: Annotated[float, Range(ge=0, lt=1)] = 0.6, th: Annotated[float, Range(gt=0)] = 0.8):
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"regions.overlap = {overlap}: must be in [0, 1)")
         if not th > 0:

@@ -1,11 +1,13 @@
 """Deep Region Hashing's query expansions (sec. 3.2): `gqe` (before the re-ranker), `lqe`, and both (`gqe+lqe`)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core import binary
 from ...core.protocols import ExpansionStage
-from ...core.registry import EXPANSIONS
+from ...core.registry import EXPANSIONS, Range
 from ..codes import (code_bits, database_codes, database_region_codes, query_codes, region_matches,
                      reorder_head)
 from ..types import Database, Query, Ranking
@@ -48,7 +50,7 @@ class GlobalRegionHashingQE(ExpansionStage):
     """gQE: the top M re-ordered by their best Hamming similarity to the global codes of the top q, before lDRH (DRH sec. 3.2)."""
     needs_codes = True
 
-    def __init__(self, *, q: int = 6, top: int = 400):
+    def __init__(self, *, q: Annotated[int, Range(ge=1)] = 6, top: Annotated[int, Range(ge=1)] = 400):
         _check_q(q, top, "gqe")
         self.q, self.top = q, top
 
@@ -65,7 +67,7 @@ class LocalRegionHashingQE(ExpansionStage):
     needs_codes = True
     needs_regions = True
 
-    def __init__(self, *, q: int = 6, top: int = 400):
+    def __init__(self, *, q: Annotated[int, Range(ge=1)] = 6, top: Annotated[int, Range(ge=1)] = 400):
         _check_q(q, top, "lqe")
         self.q, self.top = q, top
 
@@ -79,7 +81,7 @@ class RegionHashingQE(ExpansionStage):
     needs_codes = True
     needs_regions = True
 
-    def __init__(self, *, q_global: int = 6, q_local: int = 6, top: int = 400):
+    def __init__(self, *, q_global: Annotated[int, Range(ge=1)] = 6, q_local: Annotated[int, Range(ge=1)] = 6, top: Annotated[int, Range(ge=1)] = 400):
         _check_q(q_global, top, "gqe+lqe")
         _check_q(q_local, top, "gqe+lqe")
         self.q_global, self.q_local, self.top = q_global, q_local, top

@@ -6,11 +6,13 @@ descriptors again with it (Salvador et al. sec. 3.3: QE after spatial re-ranking
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core.norms import l2n
 from ...core.protocols import ExpansionStage
-from ...core.registry import EXPANSIONS
+from ...core.registry import EXPANSIONS, Range
 from ..filter.knn import GlobalKNN
 
 
@@ -22,7 +24,7 @@ def average_query_expansion(query: np.ndarray, neighbours: np.ndarray) -> np.nda
     return l2n(query + neighbours.sum(axis=1))
 
 
-def alpha_query_expansion(query: np.ndarray, neighbours: np.ndarray, similarities: np.ndarray, alpha: float = 3.0) -> np.ndarray:
+def alpha_query_expansion(query: np.ndarray, neighbours: np.ndarray, similarities: np.ndarray, alpha: Annotated[float, Range(ge=0)] = 3.0) -> np.ndarray:
     """alpha-QE (Radenović et al.; survey sec. 4): L2(q + sum_i max(s_i, 0)^alpha x_i) over the top-M.
 
     query (Q, D), neighbours (Q, M, D), similarities (Q, M) -> (Q, D) float32, L2-normalised.
@@ -49,7 +51,7 @@ def _search_global(db, vector: np.ndarray, k: int):
 class AverageQE(ExpansionStage):
     """Average QE over the top `top` images (Chum et al.; Salvador et al. sec. 3.3, M = 5)."""
 
-    def __init__(self, *, top: int = 10):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 10):
         self.top = top
 
     def __call__(self, db, query, ranking, k):
@@ -64,7 +66,7 @@ class AverageQE(ExpansionStage):
 class AlphaQE(ExpansionStage):
     """alpha-QE over the top `top` images, weights max(s, 0)^alpha (Radenović et al.; survey sec. 4)."""
 
-    def __init__(self, *, top: int = 10, alpha: float = 3.0):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 10, alpha: Annotated[float, Range(ge=0)] = 3.0):
         self.top, self.alpha = top, alpha
 
     def __call__(self, db, query, ranking, k):

@@ -2,13 +2,15 @@
 with regions stored separately an image scores the max (eq. 3) or the mean (eq. 4) of its regions."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...asmk import inverted_file
 from ...asmk.kernel import Aggregated
 from ...core.groups import reduce_items, top_k
 from ...core.protocols import FilterStage
-from ...core.registry import FILTERS
+from ...core.registry import FILTERS, Range
 from ...extract.pooling.asmk import ASMKPooling
 from ...store.columns import ASMK_BOXES
 from ..types import Database, Query, Ranking
@@ -32,7 +34,7 @@ def query_aggregated(query: Query, stage: ASMKPooling) -> Aggregated:
 class ASMKSearch(FilterStage):
     """Aggregated match kernel search (eq. 1) through the inverted file; with regions stored separately an image scores the max (eq. 3) or mean (eq. 4) of its regions."""
 
-    def __init__(self, *, alpha: float = 3.0, tau: float = 0.0, pooling: str = "max"):
+    def __init__(self, *, alpha: Annotated[float, Range(gt=0)] = 3.0, tau: Annotated[float, Range(ge=-1, lt=1)] = 0.0, pooling: str = "max"):
         if alpha <= 0:
             raise ValueError(f"filter.alpha = {alpha}: the selectivity exponent must be positive")
         self.alpha, self.tau, self.pooling = alpha, tau, pooling

@@ -3,11 +3,13 @@ is scored by the best cosine similarity between the query box's region descripto
 descriptors, and that region is the hit's box."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core.groups import group_reduce
 from ...core.protocols import RerankStage
-from ...core.registry import RERANKERS
+from ...core.registry import RERANKERS, Range
 from ..types import Database, Query, Ranking
 
 
@@ -29,7 +31,7 @@ class CASR(RerankStage):
     needs_regions = True
     reads_region_descriptors = True
 
-    def __init__(self, *, top: int = 100):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 100):
         self.top = top
 
     def __call__(self, db: Database, query: Query, ranking: Ranking) -> Ranking:

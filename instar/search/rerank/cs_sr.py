@@ -3,6 +3,8 @@ best region's class probability for the query's object under a classifier traine
 (`instar train-cs-sr`, `instar.learning.cssr`), and the classifier itself (`CSSRHead`, its checkpoint format)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from torch import nn
 
 from ...core.checkpoints import WeightsError, read_checkpoint
 from ...core.protocols import RerankStage
-from ...core.registry import RERANKERS
+from ...core.registry import RERANKERS, Range
 from ..types import Database, Query, Ranking
 
 FORMAT = "instar-cssr/1"
@@ -56,7 +58,7 @@ class CSSR(RerankStage):
     reads_region_descriptors = True
     region_pooling = ("max",)
 
-    def __init__(self, *, weights: str = "", top: int = 100):
+    def __init__(self, *, weights: str = "", top: Annotated[int, Range(ge=1)] = 100):
         self.weights, self.top = weights, top
         self._head: tuple[CSSRHead, dict] | None = None
 

@@ -2,10 +2,12 @@
 between the query's code and their region codes; that region is the hit's box."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core.protocols import RerankStage
-from ...core.registry import RERANKERS
+from ...core.registry import RERANKERS, Range
 from ..codes import code_bits, query_codes, region_boxes, region_matches, reorder_head
 from ..types import Database, Query, Ranking
 
@@ -16,7 +18,7 @@ class LocalRegionHashing(RerankStage):
     needs_regions = True
     needs_codes = True
 
-    def __init__(self, *, top: int = 400):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 400):
         if top < 1:
             raise ValueError(f"rerank.top = {top}: must be at least 1")
         self.top = top

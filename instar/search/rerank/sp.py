@@ -15,13 +15,15 @@ of the `asmk` pooling: columns local_words, local_xy, local_codes).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import cv2
 import numpy as np
 
 from ...core.binary import binary_similarity, pack_signs
 from ...core.groups import concat_ranges
 from ...core.protocols import RerankStage
-from ...core.registry import RERANKERS
+from ...core.registry import RERANKERS, Range
 from ...store.columns import LOCAL_CODES, LOCAL_WORDS, LOCAL_XY
 from ..filter.asmk import asmk_stage
 from ..types import Database, Query, Ranking
@@ -56,8 +58,8 @@ def tentative_matches(q_words: np.ndarray, q_codes: np.ndarray, d_words: np.ndar
     return qi[mutual], di[mutual]
 
 
-def verify(src: np.ndarray, dst: np.ndarray, *, model: str = "affine", threshold: float = 20.0,
-           max_iters: int = 2000, min_inliers: int = 5) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+def verify(src: np.ndarray, dst: np.ndarray, *, model: str = "affine", threshold: Annotated[float, Range(gt=0)] = 20.0,
+           max_iters: Annotated[int, Range(ge=1)] = 2000, min_inliers: Annotated[int, Range(ge=3)] = 5) -> tuple[int, np.ndarray | None, np.ndarray | None]:
     """RANSAC fit of src (n, 2) -> dst (n, 2): (inlier count, 2x3 model, inlier mask) -- (0, None, None) when fewer
     than `min_inliers` correspondences or inliers."""
     if model not in MODELS:
@@ -82,8 +84,8 @@ def verify(src: np.ndarray, dst: np.ndarray, *, model: str = "affine", threshold
 class SpatialVerification(RerankStage):
     """Spatial verification of the top N: RANSAC affine (OpenCV) over same-word, sign-consistent mutual matches; re-ranked by inliers, localised by the inliers' box."""
 
-    def __init__(self, *, top: int = 100, model: str = "affine", threshold: float = 20.0, min_inliers: int = 5,
-                 min_similarity: float = 0.25, max_iters: int = 2000):
+    def __init__(self, *, top: Annotated[int, Range(ge=1)] = 100, model: str = "affine", threshold: Annotated[float, Range(gt=0)] = 20.0, min_inliers: Annotated[int, Range(ge=3)] = 5,
+                 min_similarity: Annotated[float, Range(ge=-1, le=1)] = 0.25, max_iters: Annotated[int, Range(ge=1)] = 2000):
         if model not in MODELS:
             raise ValueError(f"rerank.model = {model!r}: expected one of {', '.join(MODELS)}")
         if top < 1 or min_inliers < 3 or threshold <= 0 or max_iters < 1:
