@@ -50,7 +50,7 @@ def test_toml_values_out_of_range_are_refused(section, method, key, value, expec
                                                ("pooling.k=-3", "pooling.k = -3")])
 def test_cli_set_out_of_range_exits_2(photos, tmp_path, setting, expected):
     extra = ["--set", "expansion.method=alpha-qe"] if setting.startswith("expansion") else []
-    p = subprocess.run([sys.executable, "-m", "instar", "index", str(photos), "--out", str(tmp_path / "x.index"),
+    p = subprocess.run([sys.executable, "-m", "instar", "index", str(photos), "--out", str(tmp_path / "x.index"), "--preset", "rootsift-vlad",
                         *extra, "--set", setting], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert expected in p.stderr and "out of range" in p.stderr and "Traceback" not in p.stderr, p.stderr

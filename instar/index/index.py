@@ -53,8 +53,7 @@ from ..store.columns import GLOBAL
 
 from .describe import describe_file, describer_for
 from .records import (DATABASE, FORMAT_VERSION, MODEL, SCHEMA_SQL, TABLES, AddReport,
-                      Described, ImageRecord, IndexError_, check_description, columns_for, descriptor_problem,
-                      named_files)
+                      Described, ImageRecord, IndexError_, check_description, columns_for, named_files)
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,12 @@ string (`instar.search.ann`: derived data beside the store, extended on add, rem
 search), optionally re-scoring the top `rescore` candidates exactly from the memory-mapped float vectors."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core.protocols import FilterStage
-from ...core.registry import FILTERS
+from ...core.registry import FILTERS, Range
 from .. import ann
 from ..types import Database, Query, Ranking, masked_knn
 
@@ -17,8 +19,9 @@ class ApproximateKNN(FilterStage):
     IVF1024,PQ64; `nprobe`, `ef_search`), trained on the first `train` rows; `rescore` > 0 re-scores that many
     candidates exactly from the stored vectors."""
 
-    def __init__(self, *, index: str = "HNSW32", nprobe: int = 32, ef_search: int = 128, rescore: int = 0,
-                 train: int = 65536):
+    def __init__(self, *, index: str = "HNSW32", nprobe: Annotated[int, Range(ge=1)] = 32,
+                 ef_search: Annotated[int, Range(ge=1)] = 128, rescore: Annotated[int, Range(ge=0)] = 0,
+                 train: Annotated[int, Range(ge=1)] = 65536):
         if nprobe < 1 or ef_search < 1 or rescore < 0 or train < 1:
             raise ValueError(f"filter.method = 'ann': nprobe ({nprobe}), ef_search ({ef_search}) and train ({train}) "
                              f"must be at least 1, rescore ({rescore}) at least 0")

@@ -7,10 +7,12 @@ Results are ordered by (distance, position) like the exact `hamming` filter's, s
 cells (or a `BFlat` factory) the ranking equals the exact one."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from ...core.protocols import FilterStage
-from ...core.registry import FILTERS
+from ...core.registry import FILTERS, Range
 from ...store.columns import CODES
 from .. import ann
 from ..codes import database_codes, query_codes, similarity
@@ -23,7 +25,8 @@ class HammingIVFSearch(FilterStage):
     first `train` rows: sub-linear Hamming ranking of the global codes."""
     needs_codes = True
 
-    def __init__(self, *, index: str = "BIVF1024", nprobe: int = 16, ef_search: int = 128, train: int = 65536):
+    def __init__(self, *, index: str = "BIVF1024", nprobe: Annotated[int, Range(ge=1)] = 16,
+                 ef_search: Annotated[int, Range(ge=1)] = 128, train: Annotated[int, Range(ge=1)] = 65536):
         if nprobe < 1 or ef_search < 1 or train < 1:
             raise ValueError(f"filter.method = 'hamming-ivf': nprobe ({nprobe}), ef_search ({ef_search}) and train "
                              f"({train}) must be at least 1")
