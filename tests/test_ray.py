@@ -19,7 +19,7 @@ from instar.extract.images import content_hash
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
-FAST = ["--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
+FAST = ["--preset", "rootsift-vlad", "--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
 # Recent Ray starts a head with token authentication (the token in ~/.ray/auth_token); the joining node and the
 # drivers on this machine use it when told to
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_job_loses_nothing_and_stores_nothing_twice(cluster,
             (im if op is None else im.transpose(op)).save(folder / f"{p.stem}-{k}.jpg", quality=90)
     out = tmp_path / "killed.index"
     job = subprocess.Popen([sys.executable, "-m", "instar", "index", str(folder), "--out", str(out), "-q",
-                            "--set", "pooling.k=8", "--set", "features.max_keypoints=2000", "--set",
+                            "--preset", "rootsift-vlad", "--set", "pooling.k=8", "--set", "features.max_keypoints=2000", "--set",
                             "image.max_size=640", "--ray", cluster, "--batch-size", "2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     killed = None
