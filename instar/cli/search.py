@@ -15,6 +15,8 @@ from ..core.registry import EXPANSIONS, SEARCH_SECTIONS
 from ..distributed.jobs import add_images, check_runtime
 from ..extract.images import ImageLoadError, list_images
 from ..index import Index, IndexError_
+from ..index.shards import MAX_SHARDS, SUFFIX, create_shards, is_manifest
+from ..search.sharded import ShardedIndex
 from ..presets import builtin_names, DEFAULT_PRESET, load_preset, PresetError
 from .common import app, fail, overrides, parse_query_box, print_skipped, progress_bar, say, SetOpt, WeightsOpt
 
@@ -30,11 +32,21 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
           device: str = typer.Option("cpu", help="Where the trunk runs: cpu, cuda, cuda:N or mps (not part of the preset)."),
           ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Describe on a Ray cluster: its address (host:port, auto), or local to start one here."),
           prune: bool = typer.Option(False, "--prune", help="Also drop indexed images whose files are gone."),
+          shards: Optional[int] = typer.Option(None, "--shards", metavar="N", help=f"Write N shards (one fitted model) and a manifest at --out (NAME{SUFFIX}); each image goes to the shard owning its name."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Index a folder of photos; re-running resumes an interrupted run, adds new or changed files, and checks the
     stored rows (damaged ones are described again)."""
     if batch_size < 1:
         fail(f"--batch-size {batch_size}: must be at least 1")
+    sharded = shards is not None or is_manifest(out) or (not out.exists() and out.name.endswith(".json"))
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
+        fail(f"--shards {shards}: the number of shards must be from 1 to {MAX_SHARDS}")
+    if sharded and not out.name.endswith(".json"):
+        fail(f"{out}: with --shards, --out names the shard manifest to write, a .json file (e.g. photos{SUFFIX})")
+    if sharded and out.exists() and not is_manifest(out):
+        fail(f"{out}: is a folder, not a shard manifest; choose another --out")
+    if sharded and shards is None and not out.exists():
+        fail(f"{out}: a .json --out is a shard manifest: give --shards N to create one (or name an index folder)")
     try:
         check_runtime(device, ray)
         problems: list[tuple[Path, str]] = []
@@ -43,7 +55,11 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
         if not paths:
             fail(f"{photos}: no image files found")
         if out.exists():
-            idx = Index.open(out)
+            idx = ShardedIndex.open(out) if sharded else Index.open(out)
+            if shards is not None and len(idx.shards) != shards:
+                idx.close()
+                fail(f"{out}: holds {len(idx.shards)} shards, not --shards {shards}; omit --shards to add to it, or "
+                     "choose another --out")
             asked = (load_preset(preset) if preset is not None else idx.preset).with_overrides(overrides(sets, weights))
             differ = idx.preset.stored_differences(asked)
             if differ or asked.extraction_toml() != idx.preset.extraction_toml():
@@ -55,37 +71,53 @@ def index(photos: Path = typer.Argument(..., help="Folder of images (searched re
             if searching:
                 typer.echo(f"note: {', '.join(searching)}: search-time settings are not stored in the index; give them "
                            "to instar search --set", err=True)
-            damaged = idx.verify()
-            typer.echo(f"resuming {out}: {len(idx)} images already indexed; checked their stored rows: "
-                       f"{len(damaged)} damaged", err=True)
+            damaged = [(part, rec, why) for part in parts_of(idx) for rec, why in part.verify()]
+            typer.echo(f"resuming {out}: {len(idx)} images already indexed{in_shards(idx)}; checked their stored "
+                       f"rows: {len(damaged)} damaged", err=True)
         else:
             p = load_preset(preset or DEFAULT_PRESET).with_overrides(overrides(sets, weights))
             train_paths = list_images(train) if train else paths
             trained_on = str(train) if train else f"the indexed collection {photos}"
             with phase(f"learning preset {p.name}'s model on {len(train_paths)} training images", say(quiet or not p.needs_training)):
-                idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=progress_bar(quiet))
+                if sharded:  # the model fitted once, copied into every shard
+                    create_shards(out, p, train_paths, shards, trained_on=trained_on, progress=progress_bar(quiet))
+                    idx = ShardedIndex.open(out)
+                else:
+                    idx = Index.create(out, p, train_paths, trained_on=trained_on, progress=progress_bar(quiet))
             damaged = []
         # the summary below lists every skipped file with its reason; the library's per-file log lines would repeat it
         logging.getLogger("instar.index").setLevel(logging.ERROR)
         with idx:
-            if damaged:
-                for rec, reason in damaged:
-                    typer.secho(f"  damaged {rec.name}: {reason}; describing it again", fg="yellow", err=True)
-                fixed = idx.reextract([rec for rec, _ in damaged], batch_size=batch_size, progress=progress_bar(quiet))
-                typer.echo(f"re-extracted {fixed.added + fixed.updated} of {len(damaged)} damaged rows", err=True)
-                print_skipped(fixed.failed)
-            if prune:
-                gone = idx.prune()
-                typer.echo(f"pruned {len(gone)} images whose files are gone", err=True)
+            for part in parts_of(idx):
+                mine = [rec for owner, rec, _ in damaged if owner is part]
+                for owner, rec, reason in damaged:
+                    if owner is part:
+                        typer.secho(f"  damaged {rec.name}: {reason}; describing it again", fg="yellow", err=True)
+                if mine:
+                    fixed = part.reextract(mine, batch_size=batch_size, progress=progress_bar(quiet))
+                    typer.echo(f"re-extracted {fixed.added + fixed.updated} of {len(mine)} damaged rows", err=True)
+                    print_skipped(fixed.failed)
+                if prune:
+                    gone = part.prune()
+                    typer.echo(f"pruned {len(gone)} images whose files are gone{'' if part is idx else ' from ' + str(part.path)}", err=True)
             report = add_images(idx, paths, root=photos, ray=ray, workers=workers, batch_size=batch_size, device=device, progress=progress_bar(quiet))
             typer.echo(f"{out}: {len(idx)} images (added {report.added}, updated {report.updated}, "
                        f"unchanged {report.unchanged}, unreadable {len(report.failed) + len(problems)}), "
-                       f"preset {idx.preset.name}, dim {idx.dim}")
+                       f"preset {idx.preset.name}, dim {idx.dim}{in_shards(idx)}")
             print_skipped(report.failed)
     except (PresetError, IndexError_, FileNotFoundError, ValueError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail(f"{out}: interrupted; what was committed is kept, run the same command again to resume", code=130)
+
+
+def parts_of(idx) -> list[Index]:
+    """The ordinary indexes behind `idx`: its shards, or itself."""
+    return idx.shards if isinstance(idx, ShardedIndex) else [idx]
+
+
+def in_shards(idx) -> str:
+    return f" in {len(idx.shards)} shards" if isinstance(idx, ShardedIndex) else ""
 
 
 @app.command()
@@ -158,12 +190,16 @@ def eval_(dataset: str = typer.Argument(..., help="roxford5k, rparis6k, oxford5k
           expansion: Optional[str] = typer.Option(None, help=f"Query expansion: {' | '.join(EXPANSIONS.names())} (default: the preset's)."),
           sets: Optional[list[str]] = SetOpt, weights: Optional[str] = WeightsOpt,
           as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+          shards: Optional[int] = typer.Option(None, "--shards", metavar="N", help="Build the evaluated index as N shards of one model and search them as one (the metrics equal one index's)."),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Evaluate a preset on a benchmark and print its table (revisited: Easy/Medium/Hard mAP and mP@1,5,10)."""
     from ..evaluation.evaluate import evaluate
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
+        fail(f"--shards {shards}: the number of shards must be from 1 to {MAX_SHARDS}")
     try:
         result = evaluate(dataset, preset, data=data, gnd=gnd, images=images, train=train, workdir=workdir,
-                          overrides=overrides(sets, weights), expansion=expansion, progress=progress_bar(quiet))
+                          overrides=overrides(sets, weights), expansion=expansion, shards=shards,
+                          progress=progress_bar(quiet))
     except (PresetError, IndexError_, ImageLoadError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(result.table())
@@ -235,7 +271,7 @@ def demo(out: Path = typer.Option(Path("demo"), "--out", help="Folder for the de
 
 
 @app.command()
-def serve(index_dir: Path = typer.Argument(..., metavar="INDEX"),
+def serve(index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index, or a shard manifest (.json): adds go to the shard owning each image."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
           port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
           token: Optional[str] = typer.Option(None, envvar="INSTAR_TOKEN", show_envvar=True,

@@ -7,6 +7,7 @@ from typing import Sequence
 from ..core.progress import Progress, no_progress
 from ..extract.extractor import check_device
 from ..index import AddReport, Index
+from ..search.sharded import ShardedIndex
 
 
 def check_runtime(device: str, ray: str | None) -> None:
@@ -16,16 +17,18 @@ def check_runtime(device: str, ray: str | None) -> None:
         check_device(device)
 
 
-def add_images(index: Index, paths: Sequence[Path], *, root: Path | None = None, ray: str | None = None,
-               workers: int = 0, batch_size: int = 16, device: str = "cpu",
+def add_images(index: Index | ShardedIndex, paths: Sequence[Path], *, root: Path | None = None,
+               ray: str | None = None, workers: int = 0, batch_size: int = 16, device: str = "cpu",
                progress: Progress = no_progress) -> AddReport:
     """`index.add` (with `workers` processes on `device`), or with `ray` (an address, 'auto' or 'local') the
-    describing on that Ray cluster (`workers` actors; 0: one per CPU of the cluster). Ray is imported only then."""
+    describing on that Ray cluster (`workers` actors; 0: one per CPU of the cluster). Ray is imported only then.
+    A sharded index stores each image through the writer of the shard that owns it (`shard_of` its name)."""
     if ray is None:
         return index.add(paths, root=root, batch_size=batch_size, progress=progress, workers=workers, device=device)
-    from .ray_index import index_with_ray
-    return index_with_ray(index, paths, root=root, address=ray, workers=workers or None, batch_size=batch_size,
-                          commit_every=batch_size, device=device, progress=progress)
+    from .ray_index import index_shards_with_ray
+    shards = index.shards if isinstance(index, ShardedIndex) else [index]
+    return index_shards_with_ray(shards, paths, root=root, address=ray, workers=workers or None,
+                                 batch_size=batch_size, commit_every=batch_size, device=device, progress=progress)
 
 
 def register_commands(app, fail) -> None:

@@ -16,7 +16,6 @@ source checkout the package is shipped with the job (`runtime_env` `py_modules`)
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from ..core.progress import Progress, no_progress
 from ..extract import images as imgs
 from ..index import AddReport, Described, Index
+from ..index.shards import shard_of  # noqa: F401  (also imported from here)
 
 
 def _pack(data: dict[str, np.ndarray]) -> bytes:
@@ -121,11 +121,6 @@ def index_with_ray(index: Index, paths: Iterable[Path | str], *, root: Path | st
     """`index.add(paths, root=root)` with the describing done on Ray (see the module's docstring)."""
     return index_shards_with_ray([index], paths, root=root, address=address, workers=workers, batch_size=batch_size,
                                  commit_every=commit_every, device=device, progress=progress)
-
-
-def shard_of(name: str, n: int) -> int:
-    """The shard that owns the image stored as `name` among `n`: stable, so re-adding it finds its shard."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % n
 
 
 def index_shards_with_ray(shards: Sequence[Index], paths: Iterable[Path | str], *, root: Path | str | None = None,

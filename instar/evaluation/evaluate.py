@@ -14,8 +14,9 @@ from ..core.boxes import paired_iou
 from ..core.progress import Progress, no_progress
 from ..extract.images import list_images
 from ..index import Index, IndexError_
+from ..index.shards import SUFFIX, create_shards
 from ..presets import DEFAULT_PRESET, Preset, load_preset
-from ..search import Searcher
+from ..search import Searcher, ShardedIndex
 from .datasets import Dataset, Report, load_dataset
 
 # Localisation is measured over the correct hits among the first LOCALISE_TOP of each query's ranking.
@@ -70,12 +71,14 @@ def describe_search(preset: Preset) -> str:
 def evaluate(dataset: str | Dataset, preset: str | Path | Preset | None = None, *, data: Path | str | None = None,
              gnd: Path | str | None = None, images: Path | str | None = None, train: Path | str | Sequence[Path] | None = None,
              workdir: Path | str | None = None, overrides: dict[str, Any] | None = None, expansion: str | None = None,
-             weights_mirror: str | None = None, progress: Progress = no_progress) -> Evaluation:
+             weights_mirror: str | None = None, shards: int | None = None, progress: Progress = no_progress) -> Evaluation:
     """Run the full protocol of `dataset` with `preset`.
 
     `train` (a folder or a list of image files) is the separate set the preset's codebook/whitening are
     learned on; without it they are learned on the evaluated database itself, which the result states.
-    `workdir` keeps the index between runs (resumable, and reused when the preset is unchanged).
+    `workdir` keeps the index between runs (resumable, and reused when the preset is unchanged). `shards`: build
+    the index as that many shards of one model (`instar.index.shards`, each image in the shard owning its name)
+    and search them as one; the rankings, hence the metrics, equal those of one index.
     """
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data=data, gnd=gnd, images=images)
     p = preset if isinstance(preset, Preset) else load_preset(DEFAULT_PRESET if preset is None else preset)
@@ -94,16 +97,21 @@ def evaluate(dataset: str | Dataset, preset: str | Path | Preset | None = None, 
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="instar-eval-")
         workdir = tmp.name
-    index_path = Path(workdir) / f"{ds.name}.{p.name}.index"
+    index_path = Path(workdir) / (f"{ds.name}.{p.name}.index" if shards is None else f"{ds.name}.{p.name}.{shards}{SUFFIX}")
     try:
         t0 = time.perf_counter()
         if index_path.exists():
-            index = Index.open(index_path, weights_mirror=weights_mirror)
+            index = (Index.open(index_path, weights_mirror=weights_mirror) if shards is None
+                     else ShardedIndex.open(index_path, weights_mirror=weights_mirror))
             if index.preset.extraction_toml() != p.extraction_toml():
                 index.close()
                 raise IndexError_(f"{index_path}: holds another configuration of preset {p.name!r}; "
                                   "use another --workdir or remove it")
             trained_on = index.meta("trained_on") or trained_on
+        elif shards is not None:
+            create_shards(index_path, p, train_paths if p.needs_training else (), shards, trained_on=trained_on,
+                          progress=progress, weights_mirror=weights_mirror)
+            index = ShardedIndex.open(index_path, weights_mirror=weights_mirror)
         else:
             index = Index.create(index_path, p, train_paths if p.needs_training else (), trained_on=trained_on,
                                  progress=progress, weights_mirror=weights_mirror)

@@ -26,10 +26,26 @@ import numpy as np
 from ..core.progress import Progress, no_progress
 from ..presets import Preset
 from .index import Index
-from .records import Described, IndexError_
+from .records import Described, IndexError_, stored_name
 
 FORMAT = "instar-shards"
 SUFFIX = ".shards.json"
+MAX_SHARDS = 1024
+
+
+def shard_of(name: str, n: int) -> int:
+    """The shard that owns the image stored as `name` among `n`: stable, so re-adding it finds its shard."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % n
+
+
+def split_paths(paths, root, n: int, holder=None) -> list[list]:
+    """`paths` (as given) split among `n` shards: the shard `holder(resolved path)` names (the one already storing
+    that file, so a changed file replaces its own row), else the owner of its stored name (`shard_of`)."""
+    parts: list[list] = [[] for _ in range(n)]
+    for given in paths:
+        held = holder(str(Path(given).resolve())) if holder is not None else None
+        parts[shard_of(stored_name(given, root), n) if held is None else held].append(given)
+    return parts
 
 
 def model_hash(index: Index) -> str:
@@ -93,34 +109,34 @@ class Manifest:
         return opened
 
 
-def write_manifest(path: Path | str, shards: Sequence[Path | str]) -> Manifest:
+def write_manifest(path: Path | str, shards: Sequence[Path | str], *, weights_mirror: str | None = None) -> Manifest:
     """A manifest over existing shards; they must all hold one model (the first one's)."""
     path = Path(path)
     if not path.name.endswith(".json"):
         raise IndexError_(f"{path}: a shard manifest is a .json file (e.g. photos{SUFFIX})")
-    with Index.open(shards[0]) as first:
+    with Index.open(shards[0], weights_mirror=weights_mirror) as first:
         model = model_hash(first)
     manifest = Manifest(path, model, [Path(s) for s in shards])
-    for idx in manifest.open_shards():  # refuses a shard with another model before anything is written
+    for idx in manifest.open_shards(weights_mirror=weights_mirror):  # refuses a shard with another model before anything is written
         idx.close()
     manifest.write()
     return manifest
 
 
 def create_shards(path: Path | str, preset: Preset, train: Sequence[Path], n: int, *, trained_on: str = "",
-                  progress: Progress = no_progress) -> Manifest:
+                  progress: Progress = no_progress, weights_mirror: str | None = None) -> Manifest:
     """`n` empty shards of one model (fitted once on `train`) beside a new manifest at `path` (NAME.shards.json)."""
     path = Path(path)
-    if n < 1:
-        raise ValueError(f"shards={n}: must be at least 1")
+    if isinstance(n, bool) or int(n) != n or not 1 <= n <= MAX_SHARDS:
+        raise ValueError(f"shards={n}: must be a whole number from 1 to {MAX_SHARDS}")
     if path.exists():
         raise IndexError_(f"{path}: already exists; open it, or choose another --out")
     folder = path.with_name(path.name.removesuffix(".json") if path.name.endswith(".json") else path.name + ".d")
     shards = [folder / f"{i:03d}.index" for i in range(n)]
-    Index.create(shards[0], preset, train, trained_on=trained_on, progress=progress).close()
+    Index.create(shards[0], preset, train, trained_on=trained_on, progress=progress, weights_mirror=weights_mirror).close()
     for s in shards[1:]:
         shutil.copytree(shards[0], s)  # an empty index: the fitted model and an empty store, nothing else
-    return write_manifest(path, shards)
+    return write_manifest(path, shards, weights_mirror=weights_mirror)
 
 
 def merge(shards: Sequence[Path | str], out: Path | str, *, batch_size: int = 256,

@@ -1,9 +1,12 @@
 """Sharded indexes searched as one (`open_index`, `ShardedIndex`).
 
 A `ShardedIndex` opens the shards a manifest lists (`instar.index.shards`: one preset, one fitted model, a
-shard with another refused) and looks like one read-only `Index` to search, `instar search`, `instar eval`-style
-loops and `instar serve`: shard i's rows are numbered after those of shards 0..i-1, so the rows, their order
-and their data are those of one index that stored the shards' images one shard after another.
+shard with another refused) and looks like one `Index` to search, `instar search`, `instar eval` and
+`instar serve`: shard i's rows are numbered after those of shards 0..i-1, so the rows, their order and their
+data are those of one index that stored the shards' images one shard after another. Those row numbers shift
+when an earlier shard grows, so a record's `id` is stable instead: its row in its shard times the number of
+shards, plus the shard (`records_by_id`). `add` and `remove` go to the writer of the shard that owns each image
+(the one storing that file, else `shard_of` its stored name).
 
 Searching: each shard runs the preset's filter over its own rows (its own inverted file for ASMK; its own
 codes for Hamming), the shards' candidate lists are merged by score (ties by row, as one index orders them),
@@ -14,13 +17,15 @@ view even while a shard's own writer adds images.
 """
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..index import Index, ImageRecord, IndexError_
-from ..index.shards import Manifest, is_manifest
+from ..index import AddReport, Index, ImageRecord, IndexError_
+from ..index.shards import Manifest, is_manifest, split_paths
 from .types import Database, Ranking
 
 
@@ -105,7 +110,7 @@ class ShardedFilter:
 
 
 class ShardedIndex:
-    """Shards of one model searched as one index (read-only: add to a shard itself, or `instar merge`)."""
+    """Shards of one model searched as one index; `add` and `remove` go to the shard that owns each image."""
 
     def __init__(self, manifest: Manifest, shards: list[Index]):
         self.manifest, self.shards = manifest, shards
@@ -158,18 +163,52 @@ class ShardedIndex:
         """The search pipeline's hook: run `inner` on each shard and merge (see the module's docstring)."""
         return ShardedFilter(inner, self)
 
+    # --- ids ----------------------------------------------------------------------------------------
+    # A row number of the merged view shifts when an earlier shard grows, so what the records call `id` (what
+    # `instar serve` and `instar search --json` show) is stable instead: local row * number of shards + shard.
+    def _offsets(self, fresh: bool) -> np.ndarray:
+        if fresh:
+            return np.cumsum([0] + [s.snapshot().n_rows for s in self.shards])
+        return self.latest_snapshot().row_offsets
+
+    def _record(self, rec: ImageRecord, shard: int, offsets) -> ImageRecord:
+        return ImageRecord(rec.row * len(self.shards) + shard, rec.row + int(offsets[shard]), rec.path, rec.name,
+                           rec.width, rec.height, rec.sha256)
+
     def records(self, rows: Iterable[int] | None = None) -> list[ImageRecord]:
-        offsets = np.cumsum([0] + [s.snapshot().n_rows for s in self.shards])
+        """As `Index.records`: `rows` numbered as in the snapshot last taken (`latest_snapshot`, what a search
+        ranked); None: every live image, in merged row order."""
         if rows is None:
-            return [_shifted(r, off) for s, off in zip(self.shards, offsets) for r in s.records()]
+            parts = [s.snapshot().n_rows for s in self.shards]
+            offsets = np.cumsum([0] + parts)
+            return [self._record(r, i, offsets) for i, s in enumerate(self.shards) for r in s.records()
+                    if r.row < parts[i]]  # a row committed since the count belongs to the next view
+        offsets = self._offsets(fresh=False)
         rows = [int(r) for r in rows]
         out: list[ImageRecord | None] = [None] * len(rows)
-        shard_of = np.searchsorted(offsets, rows, side="right") - 1
+        owner = np.searchsorted(offsets, rows, side="right") - 1
         for i, s in enumerate(self.shards):
-            where = [j for j, sh in enumerate(shard_of) if sh == i]
+            where = [j for j, sh in enumerate(owner) if sh == i]
             for j, rec in zip(where, s.records([rows[j] - int(offsets[i]) for j in where])):
-                out[j] = _shifted(rec, int(offsets[i]))
+                out[j] = self._record(rec, i, offsets)
         return out
+
+    def records_by_id(self, ids: Iterable[int]) -> list[ImageRecord]:
+        """The records of stable ids (KeyError for an id no shard holds)."""
+        n, offsets, out = len(self.shards), self._offsets(fresh=True), []
+        for image_id in ids:
+            shard, local = int(image_id) % n, int(image_id) // n
+            (rec,) = self.shards[shard].records([local])
+            out.append(self._record(rec, shard, offsets))
+        return out
+
+    def live_record(self, path: str) -> ImageRecord | None:
+        """The live image stored under file path `path` (in whichever shard holds it), or None."""
+        shard = self._holder(path)
+        return None if shard is None else self._record(self.shards[shard].live_record(path), shard, self._offsets(True))
+
+    def _holder(self, path: str) -> int | None:
+        return next((i for i, s in enumerate(self.shards) if s.live_record(path) is not None), None)
 
     def failures(self) -> list[tuple[str, str]]:
         return sorted(f for s in self.shards for f in s.failures())
@@ -178,11 +217,51 @@ class ShardedIndex:
         return {"path": str(self.path), "shards": len(self.shards), "images": len(self), "dim": self.dim,
                 "preset": self.preset.name, "model": self.manifest.model[:12]}
 
-    def add(self, *args, **kwargs):
-        raise IndexError_(f"{self.path}: a sharded index is read-only here; add to one of its shards "
-                          "(instar index PHOTOS --out SHARD) or merge them (instar merge)")
+    # --- writing: each image through the writer of the shard that owns it ----------------------------
+    def another(self) -> "ShardedIndex":
+        """A second handle (each shard's `another()`: its own SQLite connections), for another thread."""
+        return ShardedIndex(self.manifest, [s.another() for s in self.shards])
 
-    remove = add
+    @contextmanager
+    def writing(self):
+        """Every shard's writer lock, taken in shard order (StoreBusy if another process holds one)."""
+        with ExitStack() as stack:
+            for s in self.shards:
+                stack.enter_context(s.writing())
+            yield self
+
+    def add(self, paths: Iterable[Path | str], *, root: Path | str | None = None, **options) -> AddReport:
+        """`Index.add` with each file stored by the shard that owns it: the shard already storing that file,
+        else the one `shard_of` its stored name names (as `instar index --shards` and Ray place images)."""
+        report = AddReport()
+        parts = split_paths(list(paths), root, len(self.shards), self._holder)
+        for shard, part in zip(self.shards, parts):
+            if part:
+                got = shard.add(part, root=root, **options)
+                report.added += got.added
+                report.updated += got.updated
+                report.unchanged += got.unchanged
+                report.failed.extend(got.failed)
+        return report
+
+    def remove(self, names_or_paths: Iterable[str | Path]) -> list[ImageRecord]:
+        """`Index.remove` across the shards: each name or path removed from the shard holding it; all must be
+        held by one (otherwise nothing is removed)."""
+        wanted = [str(x) for x in names_or_paths]
+        with self.writing():
+            offsets = self._offsets(fresh=True)
+            live = [(i, r) for i, s in enumerate(self.shards) for r in s.records()]
+            by_key = {}
+            for i, r in live:
+                by_key.setdefault(r.path, i)
+                by_key.setdefault(r.name, i)
+            parts: dict[int, list[str]] = {}
+            for x in wanted:
+                i = by_key.get(x, by_key.get(os.path.abspath(x)))
+                if i is None:
+                    raise IndexError_(f"{x}: not in the sharded index {self.path}; nothing was removed")
+                parts.setdefault(i, []).append(x)
+            return [self._record(r, i, offsets) for i, xs in sorted(parts.items()) for r in self.shards[i].remove(xs)]
 
 
 class _Pinned:
@@ -197,10 +276,6 @@ class _Pinned:
     @property
     def dim(self) -> int:
         return self.shard.dim
-
-
-def _shifted(rec: ImageRecord, offset: int) -> ImageRecord:
-    return ImageRecord(rec.id + offset, rec.row + offset, rec.path, rec.name, rec.width, rec.height, rec.sha256)
 
 
 def open_index(path: Path | str, *, weights_mirror: str | None = None):

@@ -22,7 +22,7 @@ from ..extract.image_files import FORMAT_EXTENSIONS, inspect_image, make_thumbna
 from ..index import DATABASE, MODEL, Index, IndexError_, remove_owned, remove_unowned
 from ..presets import PresetError, parse_settings
 from ..presets.rules import fitting_entries
-from ..search import search
+from ..search import ShardedIndex, open_index, search
 from ..store import StoreBusy
 
 from .files import (MAX_THUMBNAIL_SIZE, THUMBNAIL_SIZE, UPLOADS, T, ThumbnailCache, bytes_of, cpu_count, parse_box,
@@ -42,7 +42,9 @@ class Service:
                  max_k: int, max_files: int, allow_folders: Sequence[Path | str], workers: int,
                  torch_threads: int | None):
         self.path = Path(index_path).resolve()
-        self.primary = Index.open(self.path)   # validates the index; builds and loads the extractor once
+        self.primary = open_index(self.path)   # validates the index (or manifest); builds the extractor once
+        sharded = isinstance(self.primary, ShardedIndex)
+        self.folders = [s.path for s in self.primary.shards] if sharded else [self.path]
         self.extractor = self.primary.extractor
         self._load_lazy_stages()
         self.token = token or None
@@ -53,7 +55,8 @@ class Service:
         for root in self.allow_folders:
             if not root.is_dir():
                 raise IndexError_(f"{root}: --allow-folder must name an existing folder")
-        self.uploads = self.path / UPLOADS
+        # a sharded index's uploads lie beside its shards (NAME.shards/uploads for NAME.shards.json)
+        self.uploads = (self.path.with_name(self.path.name.removesuffix(".json")) if sharded else self.path) / UPLOADS
         self._remove_orphan_uploads(self.primary)
         self.workers = int(workers)
         self.torch_threads = int(torch_threads) if torch_threads else max(1, cpu_count() // self.workers)
@@ -115,15 +118,16 @@ class Service:
 
     # --- records ------------------------------------------------------------------------------------
     def live_record(self, idx: Index, image_id: int):
-        """The record of a live image, or a 404 ApiError."""
+        """The record of a live image, or a 404 ApiError. Ids are an index's rows; a sharded index's are stable
+        across adds (`ShardedIndex.records_by_id`), not its merged row numbers, which shift as a shard grows."""
         if not 0 <= image_id < 2 ** 62:
             raise ApiError(404, "unknown id", f"no image with id {image_id}")
         try:
-            (rec,) = idx.records([image_id])
+            (rec,) = idx.records_by_id([image_id]) if isinstance(idx, ShardedIndex) else idx.records([image_id])
         except KeyError:
             raise ApiError(404, "unknown id", f"no image with id {image_id}") from None
         live = idx.live_record(rec.path)
-        if live is None or live.row != rec.row:
+        if live is None or live.id != rec.id:
             raise ApiError(404, "unknown id", f"image {image_id} ({rec.name}) was removed from the index")
         return rec
 
@@ -191,13 +195,13 @@ class Service:
         label = f"image {image_id} ({rec.name})"
         try:
             data, _ = read_image_file(rec.path, label, self.max_pixels)   # checked every time, cached or not
-            cached = self.thumbnails.get((rec.row, size))
+            cached = self.thumbnails.get((rec.id, size))
             if cached is not None:
                 return cached
             thumb = make_thumbnail(data, label, size, self.max_pixels)
         except imgs.ImageLoadError as e:
             raise ApiError(404, "image file is unavailable", str(e)) from None
-        self.thumbnails.put((rec.row, size), thumb)
+        self.thumbnails.put((rec.id, size), thumb)
         return thumb
 
     # --- writing ------------------------------------------------------------------------------------
@@ -232,7 +236,7 @@ class Service:
                            files=files)
 
     def _add_uploads(self, idx: Index, uploads: list[UploadFile]) -> list[AddedFile]:
-        self.uploads.mkdir(exist_ok=True)
+        self.uploads.mkdir(parents=True, exist_ok=True)
         files: list[AddedFile] = []
         stored: list[tuple[int, Path, bool]] = []   # (position in files, path, created by this request)
         for up in uploads:
@@ -245,26 +249,25 @@ class Service:
             else:
                 stored.append((len(files) - 1, *result))
         try:
-            before = {str(p): self._live_row(idx, str(p)) for _, p, _ in stored}
+            before = {str(p): self._live_id(idx, str(p)) for _, p, _ in stored}
             report = idx.add([p for _, p, _ in stored], root=self.uploads) if stored else None
         except BaseException:
             for _, p, created in stored:
-                if created and self._live_row(idx, str(p)) is None:
+                if created and self._live_id(idx, str(p)) is None:
                     p.unlink(missing_ok=True)
             raise
         failed = dict(report.failed) if report else {}
         seen: set[str] = set()
         for pos, p, created in stored:
             key, entry = str(p), files[pos]
-            row = self._live_row(idx, key)
-            if key in failed or row is None:
+            rec = idx.live_record(key)
+            if key in failed or rec is None:
                 entry.error = f"{entry.filename or 'file'}: {failed.get(key, 'not indexed')}"
-                if created and row is None:
+                if created and rec is None:
                     p.unlink(missing_ok=True)
                 continue
-            (rec,) = idx.records([row])
-            entry.id, entry.name = rec.row, rec.name
-            if key in seen or before[key] == row:
+            entry.id, entry.name = rec.id, rec.name
+            if key in seen or before[key] == rec.id:
                 entry.status = "unchanged"
             else:
                 entry.status = "added" if before[key] is None else "updated"
@@ -272,9 +275,9 @@ class Service:
         return files
 
     @staticmethod
-    def _live_row(idx: Index, path: str) -> int | None:
+    def _live_id(idx: Index, path: str) -> int | None:
         rec = idx.live_record(path)
-        return None if rec is None else rec.row
+        return None if rec is None else rec.id
 
     def folder_root(self, folder: str) -> tuple[Path, Path]:
         """(the folder's real path, the allowed root holding it), or a 403/404 ApiError."""
@@ -319,7 +322,7 @@ class Service:
         with idx.writing():
             self.live_record(idx, image_id)   # removed by another process meanwhile: 404
             remove_owned(idx, rec.path, self.uploads)   # an upload's file belongs to the index: it goes with its row
-        return DeleteResponse(id=rec.row, name=rec.name, images=len(idx))
+        return DeleteResponse(id=rec.id, name=rec.name, images=len(idx))
 
     # --- stats --------------------------------------------------------------------------------------
     def stats(self) -> StatsResponse:
@@ -330,9 +333,9 @@ class Service:
             items = snap.items[col.name]
             columns.append(ColumnBytes(name=col.name, file=col.file, dtype=col.dtype, shape=list(col.shape),
                                        ragged=col.ragged, items=items, committed_bytes=items * col.item_bytes,
-                                       bytes_on_disk=bytes_of(self.path / col.file)))
-        database = sum(bytes_of(self.path / (DATABASE + s)) for s in ("", "-wal", "-shm"))
-        model = bytes_of(self.path / MODEL)
+                                       bytes_on_disk=sum(bytes_of(f / col.file) for f in self.folders)))
+        database = sum(bytes_of(f / (DATABASE + s)) for f in self.folders for s in ("", "-wal", "-shm"))
+        model = sum(bytes_of(f / MODEL) for f in self.folders)
         uploads = 0
         if self.uploads.is_dir():
             with os.scandir(self.uploads) as entries:
