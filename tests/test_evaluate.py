@@ -57,3 +57,23 @@ def test_training_on_the_evaluated_database_is_stated(folder_dataset, fast_prese
 def test_revisited_ground_truth_without_images_names_the_missing_file(shared_data, fast_preset, tmp_path):
     with pytest.raises(FileNotFoundError, match="all_souls_000013|missing"):
         evaluate("roxford5k", fast_preset, gnd=shared_data / "revisitop-gnd" / "gnd_roxford5k.pkl", images=tmp_path)
+
+
+def test_sharded_evaluation_gives_the_metrics_of_one_index(folder_dataset, fast_preset, tmp_path):
+    from typer.testing import CliRunner
+
+    from instar.cli import app
+    one = evaluate("folder", fast_preset, data=folder_dataset, train=folder_dataset / "images", workdir=tmp_path / "one")
+    three = evaluate("folder", fast_preset, data=folder_dataset, train=folder_dataset / "images",
+                     workdir=tmp_path / "three", shards=3)
+    assert three.index_path.endswith("bench.rootsift-vlad.3.shards.json")
+    assert np.array_equal(three.ranks, one.ranks) and three.report.metrics == one.report.metrics
+    fast = ["--set", "pooling.k=8", "--set", "features.max_keypoints=300", "--set", "image.max_size=256"]
+    base = ["eval", "folder", "--data", str(folder_dataset), "--train", str(folder_dataset / "images"),
+            "--preset", "rootsift-vlad", *fast, "-q"]
+    r = CliRunner().invoke(app, [*base, "--workdir", str(tmp_path / "three"), "--shards", "3",
+                                 "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m.json").read_text())["metrics"] == json.loads(json.dumps(one.report.metrics, default=float))
+    r = CliRunner().invoke(app, [*base, "--shards", "0"])
+    assert r.exit_code == 2 and "--shards 0: the number of shards must be from 1" in r.output, r.output
