@@ -155,6 +155,30 @@ def test_ray_index_equals_the_single_process_index(cluster, photos, tmp_path):
     assert again.returncode == 0 and "unchanged 8" in again.stdout, again.stdout + again.stderr
 
 
+def test_cli_ray_job_writes_shards_equal_to_the_local_shards(cluster, photos, tmp_path):
+    from instar import open_index
+    from instar.index.shards import Manifest, shard_of
+    local = instar_index(photos, "--out", tmp_path / "local.shards.json", "--shards", 3, *FAST)
+    assert local.returncode == 0, local.stderr
+    on_ray = instar_index(photos, "--out", tmp_path / "ray.shards.json", "--shards", 3, *FAST, "--ray", cluster,
+                          "--batch-size", "3")
+    assert on_ray.returncode == 0 and "in 3 shards" in on_ray.stdout, on_ray.stderr
+    single = instar_index(photos, "--out", tmp_path / "single.index", *FAST)
+    assert single.returncode == 0, single.stderr
+    pairs = zip(Manifest.read(tmp_path / "local.shards.json").shards, Manifest.read(tmp_path / "ray.shards.json").shards)
+    for i, (a, b) in enumerate(pairs):  # shard by shard, the rows of the local job, each in its owner
+        with Index.open(a) as la, Index.open(b) as rb:
+            assert rows_of(rb) == rows_of(la) and all(shard_of(r.name, 3) == i for r in rb.records())
+    with Index.open(tmp_path / "single.index") as one, open_index(tmp_path / "ray.shards.json") as sharded:
+        snap = one.snapshot()
+        assert {r.name: snap.row_bytes(r.row) for r in one.records()} == \
+               {r.name: sharded.latest_snapshot().row_bytes(r.row) for r in sharded.records()}
+        for q in list_images(photos)[:3]:
+            assert [h.name for h in search(sharded, q, k=5)] == [h.name for h in search(one, q, k=5)]
+    again = instar_index(photos, "--out", tmp_path / "ray.shards.json", "--ray", cluster)
+    assert again.returncode == 0 and "unchanged 8" in again.stdout, again.stdout + again.stderr
+
+
 def map_workers() -> list[int]:
     """pids of this machine's Ray Data actor processes (their title names the map)."""
     pids = []

@@ -57,6 +57,10 @@ def test_index_shards_equal_one_index_and_resume(tmp_path, photos):
     assert code == 0 and "unchanged 8" in out and "resuming" in out, out
     code, out = run("index", photos, "--out", manifest)
     assert code == 0 and "unchanged 8" in out, out
+    code, out = run("remove", manifest, files[1].relative_to(photos).as_posix(), "nope.jpg")
+    assert code == 2 and "nope.jpg: not in the sharded index" in out, out
+    code, out = run("remove", manifest, files[1].relative_to(photos).as_posix())
+    assert code == 0 and f"removed {files[1].relative_to(photos).as_posix()}" in out and "7 images" in out, out
 
 
 def test_index_shards_bad_options_are_refused(tmp_path, photos):

@@ -165,11 +165,12 @@ def search(index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index
 
 
 @app.command()
-def remove(index_dir: Path = typer.Argument(..., metavar="INDEX"),
+def remove(index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index, or a shard manifest (.json)."),
            names: list[str] = typer.Argument(..., metavar="NAME_OR_PATH...", help="Stored names (as search prints them) or file paths.")):
     """Remove images from an index. Their stored rows become tombstones; search never returns them again."""
+    from ..search import open_index
     try:
-        with Index.open(index_dir) as idx:
+        with open_index(index_dir) as idx:
             removed = idx.remove(names)
             left = len(idx)
     except IndexError_ as e:
