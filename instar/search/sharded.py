@@ -198,6 +198,10 @@ class _Pinned:
     def dim(self) -> int:
         return self.shard.dim
 
+    @property
+    def extractor(self):
+        return self.shard.extractor
+
 
 def _shifted(rec: ImageRecord, offset: int) -> ImageRecord:
     return ImageRecord(rec.id + offset, rec.row + offset, rec.path, rec.name, rec.width, rec.height, rec.sha256)
