@@ -1,6 +1,6 @@
 """The catalogue of built-in stage entries: importing this module registers every one of them (in their own
 modules). Only the package's entry point (`instar/__init__.py`) imports it."""
-from .extract import coding, images, local_keypoints, stored_whitening, whitening  # noqa: F401
+from .extract import coding, images, local_keypoints, product_quantisation, stored_whitening, whitening  # noqa: F401
 from .presets import options  # noqa: F401
 from .extract.features import cnn, deep_local, efficientnet, fusion, local, onnx  # noqa: F401
 from .extract.pooling import asmk, identity, maps, region, vlad  # noqa: F401

@@ -59,7 +59,11 @@ class RegionPoolingStage(Stage):
 
 
 class CodingStage(Stage):
-    """The `coding` section: packed binary codes of the global vector and of every region."""
+    """The `coding` section: packed binary codes of the global vector and of every region, or compact codes of
+    the regions alone that the region-scoring stages score in place of their float descriptors."""
+    binary: ClassVar[bool] = False          # stores packed binary codes (`codes`, `region_codes`) for Hamming stages
+    scores_regions: ClassVar[bool] = False  # its region codes are scored in place of float descriptors (`table`, `scores`)
+    keep_float_regions: bool = True         # the index keeps the float region descriptors too
 
 
 class LocalStage(Stage):
@@ -74,6 +78,7 @@ class SearchStage(Stage):
     """Traits of the search-time stages (filter, re-ranker, expansion): what they need the index to store."""
     needs_regions: ClassVar[bool] = False             # compares stored regions
     reads_region_descriptors: ClassVar[bool] = False  # reads the float region descriptors (not only their codes)
+    scores_compact_regions: ClassVar[bool] = False    # reads only region similarities, which compact codes can give
     region_pooling: ClassVar[tuple[str, ...]] = ()    # the region poolings whose descriptors it can read (() = any)
     needs_codes: ClassVar[bool] = False               # compares binary codes (a coding stage must be set)
     top: int = 0                                      # how deep into the ranking it reads (re-rankers, expansions)

@@ -62,6 +62,7 @@ class LinearCoding(CodingStage):
     """Base of the codings: bit k = 1[x . weights[:, k] + bias[k] >= 0]; subclasses learn `weights` and `bias`
     from (N, D) training vectors in `learn`. Stage protocol: see `instar.extract.extractor.Extractor` and `instar.core.protocols`."""
     learns = True
+    binary = True
     name = "coding"
 
     def __init__(self, bits: int, max_vectors: int, seed: int, keep_float_regions: bool = True):

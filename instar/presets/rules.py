@@ -30,14 +30,18 @@ def incompatibility(sections: dict[str, dict[str, Any]]) -> str | None:
         if entry.needs_regions and not stores:
             return (f"{section}.method {entry.name!r} compares regions: set region_pooling.method "
                     "(e.g. 'max') so that the index stores region descriptors")
-        if entry.reads_region_descriptors and not sections["coding"].get("keep_float_regions", True):
+        keeps_float = sections["coding"].get("keep_float_regions", coding.keep_float_regions)
+        if entry.reads_region_descriptors and not keeps_float and not (
+                coding.scores_regions and entry.scores_compact_regions):
+            setting = ("coding.keep_float_regions = false" if "keep_float_regions" in sections["coding"]
+                       else f"coding.method = {coding.name!r}")
             return (f"{section}.method {entry.name!r} compares float region descriptors, which this preset does not "
-                    f"keep (coding.keep_float_regions = false: only their {sections['coding']['method']} codes)")
+                    f"keep ({setting}: only their {sections['coding']['method']} codes)")
         allowed = entry.region_pooling  # an entry that reads one kind of region descriptor
         if allowed and sections["region_pooling"]["method"] not in allowed:
             return (f"{section}.method {entry.name!r} reads {' or '.join(allowed)}-pooled region descriptors: set "
                     f"region_pooling.method = {allowed[0]!r}")
-        if entry.needs_codes and not coding.learns:
+        if entry.needs_codes and not coding.binary:
             return (f"{section}.method {entry.name!r} compares binary codes: set coding.method "
                     "(e.g. 'drh') so that the index stores them")
         why = entry.requires(sections)  # a search stage's own condition on what the index stores

@@ -277,6 +277,10 @@ class _Pinned:
     def dim(self) -> int:
         return self.shard.dim
 
+    @property
+    def extractor(self):
+        return self.shard.extractor
+
 
 def open_index(path: Path | str, *, weights_mirror: str | None = None):
     """An index folder (`Index`) or a shard manifest (`ShardedIndex`), opened for searching."""

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from ..extract.images import check_box, load_image
-from ..store.columns import BOXES, GLOBAL, REGIONS
+from ..store.columns import BOXES, GLOBAL, REGION_PQ, REGIONS
 
 
 @dataclass
@@ -76,16 +76,27 @@ class Ranking:
 @dataclass
 class RegionTable:
     """Every database image's regions: for position i, items starts[i] .. starts[i] + counts[i] of `boxes`
-    (T, 4) float32 original pixels and `descriptors` (T, Dr) float32 (memory maps of the index's columns)."""
+    (T, 4) float32 original pixels and `descriptors` (T, Dr) float32 (memory maps of the index's columns), or,
+    for a compact-regions coding (`coding.method` pq / opq), their `compact` (T, m) uint8 codes, which its
+    `quantiser` scores by ADC (`instar.extract.product_quantisation`)."""
     starts: np.ndarray
     counts: np.ndarray
     boxes: np.ndarray
     descriptors: np.ndarray | None   # None: the index keeps only region codes (coding.keep_float_regions = false)
+    compact: np.ndarray | None = None
+    quantiser: Any = None
 
     def similarities(self, positions: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inner products of `q` (Dr,) with every region of `positions`, grouped by owner in order, and the
-        item ids: (M,) float32, (M,) int64. Reads each image's regions as one slice of the memory map (no gather
-        copy); a run of images stored back to back is read as one slice."""
+        """Inner products of `q` (Dr,) with every region of `positions` (exact, or by ADC over compact codes when
+        the index keeps no float descriptors), grouped by owner in order, and the item ids: (M,) float32, (M,)
+        int64. Reads each image's regions as one slice of the memory map (no gather copy); a run of images stored
+        back to back is read as one slice."""
+        if self.descriptors is None and self.compact is not None:
+            table = self.quantiser.table(q)
+            return self._runs(positions, lambda lo, hi: self.quantiser.scores(table, self.compact[lo:hi]))
+        return self._runs(positions, lambda lo, hi: np.asarray(self.descriptors[lo:hi] @ q, dtype=np.float32))
+
+    def _runs(self, positions: np.ndarray, score: Callable[[int, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         positions = np.asarray(positions, dtype=np.int64)
         starts, counts = self.starts[positions], self.counts[positions]
         ends = starts + counts
@@ -95,7 +106,7 @@ class RegionTable:
         for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(positions)]])):
             if b > a:
                 lo, hi = int(starts[a]), int(ends[b - 1])
-                sims.append(np.asarray(self.descriptors[lo:hi] @ q, dtype=np.float32))
+                sims.append(score(lo, hi))
                 items.append(np.arange(lo, hi, dtype=np.int64))
         if not sims:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -103,7 +114,7 @@ class RegionTable:
 
     @property
     def nbytes(self) -> int:
-        return int(self.boxes.nbytes + (0 if self.descriptors is None else self.descriptors.nbytes))
+        return int(self.boxes.nbytes + sum(0 if a is None else a.nbytes for a in (self.descriptors, self.compact)))
 
 
 @dataclass
@@ -157,14 +168,23 @@ class Database:
         if BOXES in snap.columns:   # descriptors may be absent: a coding that keeps only the region codes
             starts, counts = snap.spans(BOXES)
             descriptors = snap.column(REGIONS) if REGIONS in snap.columns else None
-            regions = RegionTable(starts, counts, snap.column(BOXES), descriptors)
+            compact, quantiser = None, None
+            if REGION_PQ in snap.columns:  # compact regions: scored by the index's coding stage
+                compact, quantiser = snap.column(REGION_PQ), index.extractor.coding
+            regions = RegionTable(starts, counts, snap.column(BOXES), descriptors, compact, quantiser)
         return cls(_row_numbers(n), snap.column(GLOBAL), regions, snap, removed=removed)
 
-    def require_regions(self, who: str, descriptors: bool = False) -> RegionTable:
-        """The region table; `descriptors`: the caller also reads the float region descriptors."""
+    def require_regions(self, who: str, descriptors: bool = False, compact: bool = False) -> RegionTable:
+        """The region table; `descriptors`: the caller also reads the float region descriptors (`compact`: or
+        only their `similarities`, which compact codes give)."""
         if self.regions is None:
             raise ValueError(f"{who} needs region descriptors, but this index stores none "
                              "(its preset has region_pooling.method = 'none')")
+        if descriptors and compact and self.regions.compact is not None:
+            return self.regions
+        if descriptors and self.regions.descriptors is None and self.regions.compact is not None:
+            raise ValueError(f"{who} reads float region descriptors, but this index keeps only their product-"
+                             "quantisation codes (its preset has coding.method = 'pq' or 'opq')")
         if descriptors and self.regions.descriptors is None:
             raise ValueError(f"{who} compares float region descriptors, but this index keeps only region codes and "
                              "boxes (its preset has coding.keep_float_regions = false)")

@@ -3,6 +3,8 @@
 - `GLOBAL` (N, D) float32: the global descriptor of each image;
 - `BOXES` / `REGIONS` (ragged): region boxes [x0, y0, x1, y1] in original pixels and their descriptors;
 - `CODES` (N, B) uint8 / `REGION_CODES` (ragged): packed binary codes of the global vector and of every region;
+- `REGION_PQ` (ragged, (m,) uint8): every region's product-quantisation code (`coding.method` pq / opq), in
+  place of its float descriptor;
 - `ASMK_*` (ragged): an aggregated-match-kernel image's entries -- visual word, item (region), vector or packed
   bits, and the per-item normalisation gamma -- and `ASMK_BOXES`, the box of each item;
 - `LOCAL_*` (ragged): the local features kept for spatial verification -- visual word, (x, y), packed residual signs;
@@ -10,6 +12,7 @@
 """
 GLOBAL, BOXES, REGIONS = "global", "boxes", "regions"
 CODES, REGION_CODES = "codes", "region_codes"
+REGION_PQ = "region_pq"
 ASMK_WORDS, ASMK_CODES, ASMK_VECTORS, ASMK_ITEM, ASMK_GAMMA = (
     "asmk_words", "asmk_codes", "asmk_vectors", "asmk_item", "asmk_gamma")
 ASMK_BOXES = "asmk_boxes"

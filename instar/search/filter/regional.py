@@ -16,12 +16,13 @@ class RegionalSearch(FilterStage):
     an image scores the max (eq. 3) or the mean (eq. 4) of its regions' similarities; max localises."""
     needs_regions = True
     reads_region_descriptors = True
+    scores_compact_regions = True
 
     def __init__(self, *, pooling: str = "max"):
         self.pooling = pooling
 
     def __call__(self, db: Database, query: Query, k: int) -> Ranking:
-        table = db.require_regions("filter.method = 'regional'", descriptors=True)
+        table = db.require_regions("filter.method = 'regional'", descriptors=True, compact=True)
         live = db.live_positions()  # removed images are never scored
         sims, items = table.similarities(live, query.box_descriptor)
         scores, best = group_reduce(sims, table.counts[live], self.pooling)

@@ -16,7 +16,7 @@ from ..types import Database, Query, Ranking
 def best_regions(db: Database, query: Query, positions: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
     """For each of `positions`: the max cosine between the query box descriptor and its regions, and that
     region's box (original pixels). (n,) float32, (n, 4) float32 (NaN where an image has no region)."""
-    table = db.require_regions(who, descriptors=True)
+    table = db.require_regions(who, descriptors=True, compact=True)
     sims, items = table.similarities(positions, query.box_descriptor)
     scores, best = group_reduce(sims, table.counts[positions], "max")
     boxes = np.full((len(positions), 4), np.nan, np.float32)
@@ -30,6 +30,7 @@ class CASR(RerankStage):
     """CA-SR: the top N re-scored by their best region's cosine with the query box (Salvador et al. sec. 3.3)."""
     needs_regions = True
     reads_region_descriptors = True
+    scores_compact_regions = True
 
     def __init__(self, *, top: Annotated[int, Range(ge=1)] = 100):
         self.top = top
