@@ -21,7 +21,7 @@ def correlated(n, d, seed):
     return unit_rows(rng.standard_normal((n, d)) @ mix.T)
 
 
-@pytest.mark.parametrize("method", ["pq", "opq"])
+@pytest.mark.parametrize("method", ["pq", pytest.param("opq", marks=pytest.mark.slow)])
 def test_adc_scores_are_the_inner_products_with_the_decoded_regions(method):
     train, db, q = correlated(4000, 32, 0), correlated(300, 32, 1), correlated(1, 32, 2)[0]
     stage = CODINGS.build(method, m=8, **({"iterations": 5} if method == "opq" else {})).fit(train)
@@ -33,6 +33,7 @@ def test_adc_scores_are_the_inner_products_with_the_decoded_regions(method):
     assert np.abs(adc - db @ q).mean() < 0.1
 
 
+@pytest.mark.slow  # several seconds: kept out of the 5-minute default run
 def test_exhaustive_pq_gives_the_float_ranking():
     """m = D (one dimension per sub-quantiser, 256 levels each): ADC scores equal the float path's within each
     region's reconstruction error (Cauchy-Schwarz for a unit query), 5e-3 on average, and the best region is the same."""
@@ -50,6 +51,7 @@ def test_exhaustive_pq_gives_the_float_ranking():
         assert len(set(top) & set(np.argsort(-adc)[:10])) >= 8
 
 
+@pytest.mark.slow  # several seconds: kept out of the 5-minute default run
 def test_opq_rotation_is_orthogonal_and_quantises_better_than_pq():
     train, db = correlated(4000, 32, 0), correlated(500, 32, 1)
     pq, opq = CODINGS.build("pq", m=4).fit(train), CODINGS.build("opq", m=4, iterations=5).fit(train)
@@ -92,6 +94,7 @@ SMALL = {"image.max_size": 256, "features.weights": "random:0", "coding.method":
          "coding.nbits": 6}
 
 
+@pytest.mark.slow  # several seconds: kept out of the 5-minute default run
 def test_compact_index_builds_reopens_and_searches_by_adc(tmp_path, photos):
     """A d2r-regional-lite0 index with PQ regions: no float region column; every hit's score is the best ADC score
     of its stored codes against the query box, for the regional filter and for CA-SR, after reopening."""
@@ -123,6 +126,7 @@ def test_compact_index_builds_reopens_and_searches_by_adc(tmp_path, photos):
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+@pytest.mark.slow  # several seconds: kept out of the 5-minute default run
 def test_cli_index_with_bad_m_exits_2_and_stores_nothing(tmp_path, photos):
     out = tmp_path / "x.index"
     p = subprocess.run([sys.executable, "-m", "instar", "index", str(photos), "--out", str(out), "--preset",
