@@ -102,7 +102,10 @@ def test_sharded_add_and_remove_go_to_the_owning_shard_and_keep_ids(tmp_path, ph
         extra.mkdir()
         for i in range(4):  # new names: some land in shard 0, shifting the merged rows of shard 1
             (extra / f"new{i}.jpg").write_bytes(files[i].read_bytes())
+        before = sharded.snapshot()
+        assert sharded.snapshot() is before  # nothing committed: the merged view (and its columns) reused
         report = sharded.add(list_images(extra), root=tmp_path)
+        assert sharded.snapshot() is not before and sharded.snapshot().n_live == 12
         assert report.added == 4 and not report.failed
         assert len(sharded) == 12
         assert {r.name: r.id for r in sharded.records() if r.name in ids} == ids
@@ -110,7 +113,9 @@ def test_sharded_add_and_remove_go_to_the_owning_shard_and_keep_ids(tmp_path, ph
             assert all(shard_of(r.name, 2) == i for r in shard.records())
         hit = search(sharded, extra / "new0.jpg", k=2)
         assert {h.name for h in hit} == {"extra/new0.jpg", files[0].relative_to(photos).as_posix()}
+        kept = sharded.snapshot()
         (gone,) = sharded.remove(["extra/new1.jpg"])
+        assert sharded.snapshot() is not kept and sharded.snapshot().n_live == 11
         assert gone.name == "extra/new1.jpg" and len(sharded) == 11
         assert sharded.live_record(str((extra / "new1.jpg").resolve())) is None
         with pytest.raises(KeyError):

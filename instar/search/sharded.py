@@ -145,7 +145,13 @@ class ShardedIndex:
         return sum(len(s) for s in self.shards)
 
     def snapshot(self) -> MergedSnapshot:
-        self._latest = MergedSnapshot([s.snapshot() for s in self.shards])
+        """The shards' current snapshots as one; the last one again while no shard has committed or removed a
+        row since (committed rows never change), so its merged columns are not concatenated again per search."""
+        parts = [s.snapshot() for s in self.shards]
+        last = self._latest
+        if last is None or any(p.n_rows != q.n_rows or not np.array_equal(p.removed, q.removed)
+                               for p, q in zip(parts, last.parts)):
+            self._latest = MergedSnapshot(parts)
         return self._latest
 
     def latest_snapshot(self) -> MergedSnapshot:
