@@ -210,8 +210,11 @@ class ShardedIndex:
 
     def live_record(self, path: str) -> ImageRecord | None:
         """The live image stored under file path `path` (in whichever shard holds it), or None."""
-        shard = self._holder(path)
-        return None if shard is None else self._record(self.shards[shard].live_record(path), shard, self._offsets(True))
+        for shard, s in enumerate(self.shards):  # one lookup per shard, stopping at the holder
+            rec = s.live_record(path)
+            if rec is not None:
+                return self._record(rec, shard, self._offsets(True))
+        return None
 
     def _holder(self, path: str) -> int | None:
         return next((i for i, s in enumerate(self.shards) if s.live_record(path) is not None), None)
