@@ -13,15 +13,17 @@ precomputed descriptors, so the trunk's forward is not counted) and, end to end,
 Per family (p50 / p99 over the queries, ms, k = 100):
 - knn: exact inner product (`filter.method = knn`), then again after 1% of the rows were removed (removed_ratio);
 - ann: `filter.method = ann`, `filter.index = HNSW32`, ef_search 128; recall@100 against exact knn;
-- pq: `IVF{4 sqrt N},PQ64` trained on the first 30,000 rows, nprobe 32, exact re-scoring of the top 1000 from
-  the memory-mapped vectors;
-- sq8: the same with `IVF{4 sqrt N},SQ8` (8-bit scalar codes, 4x smaller than float32; printed, no fixed key);
+- pq: `IVF{4 sqrt N},{--pq}` (default PQ64) trained on the first 30,000 rows, `--nprobe` 32, exact re-scoring of
+  the top `--rescore` 1000 from the memory-mapped vectors; `pq64` (when --pq is not PQ64) and `sq8` (8-bit scalar
+  codes, 4x smaller than float32) the same with those codes, printed beside it with no fixed key;
 - drh: drh-lite0 with an LSH coding (1024 bits; the learned DRH layer needs a long fit and searches the same
   columns) over 40 region codes per image (the global code with 20% of the bits flipped: codes of neighbouring
   windows), gDRH -> gQE -> lDRH (top 400) -> lQE, through `search()` with the precomputed global descriptor.
 One thread (OMP/OpenBLAS/MKL_NUM_THREADS = 1 unless set): on this shared 2-core machine two BLAS/OpenMP threads
 per query spin against the other users' processes (a 5k-row DRH query: 93 ms with 2 threads, 8 ms with 1).
-RSS is the process's resident set (VmRSS) after the family's queries; disk is the index folder's bytes per image.
+RSS is the process's resident set (VmRSS) after the family's queries; for ann/pq/sq8 also that of a fresh process
+that loads the derived file and runs the same queries (the fixed keys' *_rss_gb: what a server using only that
+filter holds, without the pages the exact scan touched here); disk is the index folder's bytes per image.
 The LAST line holds the issue's fixed keys (nan where a family was skipped).
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the thread settings)
 
 from instar import Index, search  # noqa: E402
+from instar.search import ann  # noqa: E402
 from instar.index.records import Described  # noqa: E402
 from instar.presets import load_preset  # noqa: E402
 from instar.store.columns import ASMK_CODES, BOXES, CODES, GLOBAL, REGION_CODES  # noqa: E402
@@ -147,6 +150,22 @@ def fresh_process_query(path: Path, vector, overrides: dict, work: Path) -> floa
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def fresh_process_searches(path: Path, queries: np.ndarray, overrides: dict, work: Path) -> tuple[float, float, float]:
+    """A new Python process opens the index and runs every query once through `search()` (the derived index loaded
+    from disk, not built): (p50 ms, resident GB after the queries, peak resident GB) -- what a server holding only
+    this filter keeps in memory, without the pages another family (the exact scan) touched in this process."""
+    np.save(work / "queries.npy", queries)
+    code = ("import sys,time,json,numpy as np; sys.path.insert(0, %r); from instar import Index, search; "
+            "i=Index.open(%r); qs=np.load(%r); o=json.loads(%r); search(i, qs[0], k=100, overrides=o); t=[]\n"
+            "for q in qs:\n t0=time.perf_counter(); search(i, q, k=100, overrides=o); t.append(time.perf_counter()-t0)\n"
+            "s={l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmRSS','VmHWM'))}\n"
+            "print(1000*float(np.median(t)), s['VmRSS']/2**20, s['VmHWM']/2**20)") % (
+        str(ROOT), str(path), str(work / "queries.npy"), json.dumps(overrides))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    ms, rss, peak = map(float, out.stdout.strip().splitlines()[-1].split())
+    return ms, rss, peak
+
+
 def http_times(path: Path, photos: list[Path], overrides: dict, work: Path) -> list[float]:
     """Client-side ms per POST /search (image upload, so the trunk's forward is included) through `instar serve`."""
     import httpx
@@ -191,23 +210,31 @@ def global_family(args, work: Path, real: np.ndarray, photos: list[Path], out: d
     print(f"knn    p50 {p(t_knn, 50):8.1f} ms  p99 {p(t_knn, 99):8.1f} ms  rss {rss_gb():.2f} GB  load {load()}")
     nlist = args.nlist or 1 << int(round(math.log2(4 * math.sqrt(n))))
     for key, settings in (("ann", {"filter.method": "ann", "filter.index": "HNSW32", "filter.ef_search": "128"}),
-                          ("pq", {"filter.method": "ann", "filter.index": f"IVF{nlist},PQ64", "filter.nprobe": "32",
-                                  "filter.rescore": "1000", "filter.train": "30000"}),
-                          ("sq8", {"filter.method": "ann", "filter.index": f"IVF{nlist},SQ8", "filter.nprobe": "32",
-                                   "filter.rescore": "1000", "filter.train": "30000"})):
+                          ("pq", {"filter.method": "ann", "filter.index": f"IVF{nlist},{args.pq}", "filter.nprobe":
+                                  str(args.nprobe), "filter.rescore": str(args.rescore), "filter.train": "30000"}),
+                          ("pq64", {"filter.method": "ann", "filter.index": f"IVF{nlist},PQ64", "filter.nprobe":
+                                    str(args.nprobe), "filter.rescore": str(args.rescore), "filter.train": "30000"}),
+                          ("sq8", {"filter.method": "ann", "filter.index": f"IVF{nlist},SQ8", "filter.nprobe":
+                                   str(args.nprobe), "filter.rescore": str(args.rescore), "filter.train": "30000"})):
+        if key == "pq64" and args.pq == "PQ64":
+            continue
         if key in args.skip:
             continue
         t = time.perf_counter()
         search(index, queries[0], k=K, overrides=settings)  # builds (or loads) the derived index
         first = time.perf_counter() - t
         got, times = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
-        if key != "sq8":  # sq8 (4x compression, no fixed key) is printed beside pq
-            out[f"{key}_ms"], out[f"{key}_recall100"], out[f"{key}_rss_gb"] = p(times, 50), recall(got, exact), rss_gb()
+        fresh_ms, fresh_rss, fresh_peak = fresh_process_searches(path, np.stack(queries), settings, work)
+        if key not in ("sq8", "pq64"):  # printed beside pq, no fixed key
+            out[f"{key}_ms"], out[f"{key}_recall100"], out[f"{key}_rss_gb"] = p(times, 50), recall(got, exact), fresh_rss
         slug = "".join(c if c.isalnum() else "_" for c in settings["filter.index"])
         derived = sum(f.stat().st_size for f in (path / "derived").glob(f"ann.{slug}.*"))
         print(f"{key:6} p50 {p(times, 50):8.1f} ms  p99 {p(times, 99):8.1f} ms  recall@100 {recall(got, exact):.3f}  "
-              f"build {first:.0f} s  derived file {derived / 2**20:.0f} MiB  rss {rss_gb():.2f} GB  "
-              f"[{settings['filter.index']}]  load {load()}")
+              f"build {first:.0f} s  derived file {derived / 2**20:.0f} MiB  rss {rss_gb():.2f} GB (this process, "
+              f"exact scan's pages included)  [{settings['filter.index']} rescore {settings.get('filter.rescore', 0)}]"
+              f"  load {load()}")
+        print(f"{key:6} in a fresh process (derived file loaded, only this filter's pages): p50 {fresh_ms:.1f} ms  "
+              f"resident {fresh_rss:.2f} GB  peak {fresh_peak:.2f} GB", flush=True)
         if "http" not in args.skip and key == "ann":
             ht = http_times(path, photos[:args.http], settings, work)
             print(f"{key:6} over HTTP with a photo (trunk included): p50 {p(ht, 50):.0f} ms  p99 {p(ht, 99):.0f} ms")
@@ -227,6 +254,7 @@ def global_family(args, work: Path, real: np.ndarray, photos: list[Path], out: d
         _, t = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
         print(f"ann after 1% removed: p50 {p(t, 50):8.1f} ms ({p(t, 50) / out['ann_ms']:.2f}x)")
     index.close()
+    ann.clear_cache()  # the derived ANN indexes of this family (HNSW: several GB) are not needed by the next ones
     if not args.keep:
         shutil.rmtree(path)
 
@@ -362,6 +390,10 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated: global,ann,pq,sq8,drh,hamming,asmk,http")
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists of the pq family (default 4 sqrt N, a power of 2)")
+    ap.add_argument("--pq", default="PQ64", help="the codes of the pq key's IVF index (faiss factory suffix); PQ64 and "
+                    "SQ8 are printed beside it")
+    ap.add_argument("--nprobe", type=int, default=32, help="IVF lists visited (pq, pq64, sq8)")
+    ap.add_argument("--rescore", type=int, default=1000, help="candidates re-scored exactly (pq, pq64, sq8)")
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     args.work.mkdir(parents=True, exist_ok=True)
