@@ -3,10 +3,14 @@ its top candidates verified with stored RootSIFT keypoints by the `local-sp` re-
 settings, without extracting anything twice.
 
     python benchmarks/verify_sweep.py --parts sscd:0.5,spoc-lite0:0.5 [--keypoints 150] [--tops 30] [--weights 1]
+        [--encodings u8,p64q4] [--sets smvs-dvd-covers-train]
 
 Keypoints (the strongest `--keypoints` per database image, `--query-keypoints` per query, both of the image
 shrunk to 640 px as `local.max_size` does) are cached per set. Database positions are in original pixels and the
-query's in the prepared query's, as in an index. Figures are subset results; nothing is learned.
+query's in the prepared query's, as in an index; descriptors are cached as float RootSIFT and stored / matched in
+each `--encodings` value as an index and the re-ranker do. `smvs-dvd-covers-train` (covers 001-050: phone photos
+against those 50 scans) is where settings are chosen; the other sets only report. Figures are subset results;
+nothing is learned.
 """
 from __future__ import annotations
 
@@ -21,13 +25,16 @@ import numpy as np
 from fusion_sweep import datasets, subset_rows, ukbench_dups, vectors
 from instar import load_preset
 from instar.extract.extractor import Extractor
-from instar.extract.local_keypoints import SCALE, keypoints
-from instar.search.rerank.local_sp import LocalVerification
+from instar.evaluation.datasets.others import load_smvs
+from instar.extract.local_keypoints import decode_descriptors, encode_descriptors, keypoints
+from instar.search.rerank.local_sp import LocalVerification, matches_of_many
+from instar.core.registry import EXPANSIONS
 from instar.search import Query
+from instar.search.types import Database, Ranking
 
 
 def local_cache(cache: Path, n_db: int, n_q: int, max_size: int) -> dict:
-    path = cache / f"keypoints.{n_db}.{n_q}.{max_size}.npz"
+    path = cache / f"keypoints-f32.{n_db}.{n_q}.{max_size}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=True)
         return z["data"].item()
@@ -38,11 +45,10 @@ def local_cache(cache: Path, n_db: int, n_q: int, max_size: int) -> dict:
         q = Query(ex, p)
         pts, desc = keypoints(q.prepared, max_size, n_db)
         pts = pts * np.array([q.original.width / q.prepared.width, q.original.height / q.prepared.height], np.float32)
-        return pts, np.rint(desc * SCALE).astype(np.float32)
+        return pts, desc
 
     def q_side(p, box):
-        pts, desc = keypoints(Query(ex, p, box).prepared, max_size, n_q)
-        return pts, np.rint(desc * SCALE).astype(np.float32)
+        return keypoints(Query(ex, p, box).prepared, max_size, n_q)
 
     for name, ds in datasets().items():
         if name == "smvs-dvd-covers-test":
@@ -57,17 +63,35 @@ def local_cache(cache: Path, n_db: int, n_q: int, max_size: int) -> dict:
     return out
 
 
-def rerank(sim: np.ndarray, db_kp, q_kp, stage: LocalVerification | None) -> np.ndarray:
-    """Rankings (Q, N): by `sim`, the top `stage.top` of each re-scored by the stage."""
+def encoded(kp: list, encoding: str) -> list:
+    """(positions, descriptors) pairs with the descriptors stored and decoded as `encoding` does."""
+    return [(xy, decode_descriptors(encode_descriptors(d, encoding), encoding)) for xy, d in kp]
+
+
+def rerank(sim: np.ndarray, db_kp, q_kp, stage: LocalVerification | None, expansion=None, fused=None) -> np.ndarray:
+    """Rankings (Q, N): by `sim`, the top `stage.top` of each re-scored by the stage (batched matching, as the
+    re-ranker does), then `expansion` (an EXPANSIONS entry) over the fused global vectors `fused` = (db, q)."""
     ranks = np.argsort(-sim, axis=1, kind="stable")
-    if stage is None:
+    if stage is None and expansion is None:
         return ranks
     out = []
     for qi, r in enumerate(ranks):
-        head = r[:stage.top]
-        inl = np.array([stage.verify_pair(*db_kp[j], *q_kp[qi])[0] for j in head])
-        s = sim[qi, head] + stage.bonus(inl)
-        out.append(np.concatenate([head[np.argsort(-s, kind="stable")], r[stage.top:]]))
+        scores = sim[qi, r].astype(np.float32)
+        if stage is not None:
+            head = r[:stage.top]
+            q_xy, q_desc = q_kp[qi]
+            matches = matches_of_many(np.concatenate([db_kp[j][1] for j in head]),
+                                      np.array([len(db_kp[j][1]) for j in head]), q_desc, stage.ratio)
+            inl = np.array([stage.ransac(db_kp[j][0], q_xy, di, qi_)[0] for j, (di, qi_) in zip(head, matches)])
+            s = sim[qi, head] + stage.bonus(inl)
+            order = np.argsort(-s, kind="stable")
+            r = np.concatenate([head[order], r[stage.top:]])
+            scores = np.concatenate([s[order], scores[stage.top:]]).astype(np.float32)
+        if expansion is not None:
+            ranking = expansion(Database(np.arange(len(fused[0])), fused[0]), Query(vector=fused[1][qi]),
+                                Ranking(r.astype(np.int64), scores), len(r))
+            r = ranking.positions
+        out.append(r)
     return np.stack(out)
 
 
@@ -82,6 +106,11 @@ def main() -> None:
     ap.add_argument("--min-inliers", default="8")
     ap.add_argument("--saturate", default="30")
     ap.add_argument("--ratios", default="0.85")
+    ap.add_argument("--encodings", default="u8")
+    ap.add_argument("--expansions", default="none", help="comma-separated expansion.method values applied after the "
+                    "re-ranker with their defaults (e.g. none,alpha-qe,diffusion,alpha-dba)")
+    ap.add_argument("--sets", default="", help="comma-separated subset of: mini-rparis6k, smvs-dvd-covers, "
+                    "smvs-dvd-covers-test, smvs-dvd-covers-train, ukbench-dups (default: all)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/instar-fusion-cache"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -90,30 +119,44 @@ def main() -> None:
     vecs = [(vectors(n, args.cache), w) for n, w in parts]
     kp = local_cache(args.cache, args.keypoints, args.query_keypoints, args.max_size)
     sets = datasets()
-    rows = subset_rows(sets["smvs-dvd-covers"], sets["smvs-dvd-covers-test"])
+    sets["smvs-dvd-covers-train"] = load_smvs(sets["smvs-dvd-covers"].root, objects=[f"{i:03d}" for i in range(1, 51)],
+                                              name="smvs-dvd-covers-train")
+    wanted = set(filter(None, args.sets.split(","))) or set(sets) | {"ukbench-dups"}
+    subsets = {name: subset_rows(sets["smvs-dvd-covers"], sets[name])
+               for name in ("smvs-dvd-covers-test", "smvs-dvd-covers-train")}
     sims = {}
-    for name in list(sets) + ["ukbench-dups"]:
-        src = "smvs-dvd-covers" if name == "smvs-dvd-covers-test" else name
-        sim = sum(w * (v[f"{src}/q"] @ v[f"{src}/db"].T) for v, w in vecs) / sum(w for _, w in parts)
+    for name in [n for n in list(sets) + ["ukbench-dups"] if n in wanted]:
+        src = "smvs-dvd-covers" if name in subsets else name
+        total = sum(w for _, w in parts)
+        # the fused vector: parts scaled by sqrt(w / total), so its inner product is the weighted cosine `sim`
+        fused = [np.hstack([np.sqrt(w / total) * v[f"{src}/{side}"] for v, w in vecs]).astype(np.float32)
+                 for side in ("db", "q")]
+        sim = fused[1] @ fused[0].T
         db_kp, q_kp = kp[f"{src}/db"], kp[f"{src}/q"]
-        if name == "smvs-dvd-covers-test":
+        if name in subsets:
+            rows = subsets[name]
             sim = sim[rows[1]][:, rows[0]]
+            fused = [fused[0][rows[0]], fused[1][rows[1]]]
             db_kp, q_kp = [db_kp[i] for i in rows[0]], [q_kp[i] for i in rows[1]]
-        sims[name] = (sim, db_kp, q_kp)
-    configs = [None] + [LocalVerification(top=int(t), weight=float(w), min_inliers=int(m), saturate=int(s),
-                                          ratio=float(r))
-                        for t, w, m, s, r in itertools.product(args.tops.split(","), args.weights.split(","),
-                                                               args.min_inliers.split(","), args.saturate.split(","),
-                                                               args.ratios.split(","))]
+        sims[name] = (sim, db_kp, q_kp, fused)
+    configs = [(None, None)] + [
+        (e, LocalVerification(top=int(t), weight=float(w), min_inliers=int(m), saturate=int(s), ratio=float(r)))
+        for e, t, w, m, s, r in itertools.product(args.encodings.split(","), args.tops.split(","),
+                                                  args.weights.split(","), args.min_inliers.split(","),
+                                                  args.saturate.split(","), args.ratios.split(","))]
+    expansions = [None if e == "none" else EXPANSIONS.build(e) for e in args.expansions.split(",")]
     results = []
-    for stage in configs:
+    for (encoding, stage), expansion in itertools.product(configs, expansions):
         t0 = time.perf_counter()
-        row = {"parts": args.parts, "keypoints": args.keypoints,
+        row = {"parts": args.parts, "keypoints": args.keypoints, "encoding": encoding,
+               "expansion": None if expansion is None else type(expansion).__name__,
                "rerank": None if stage is None else {"top": stage.top, "weight": stage.weight,
                                                      "min_inliers": stage.min_inliers, "saturate": stage.saturate,
                                                      "ratio": stage.ratio}}
-        for name, (sim, db_kp, q_kp) in sims.items():
-            ranks = rerank(sim, db_kp, q_kp, stage)
+        for name, (sim, db_kp, q_kp, fused) in sims.items():
+            if encoding is not None:
+                db_kp, q_kp = encoded(db_kp, encoding), encoded(q_kp, encoding)
+            ranks = rerank(sim, db_kp, q_kp, stage, expansion, fused)
             if name == "ukbench-dups":
                 _, _, positive = ukbench_dups()
                 r = [int((rk == pos).nonzero()[0][0]) for rk, pos in zip(ranks, positive)]
@@ -125,7 +168,7 @@ def main() -> None:
         results.append(row)
         cells = "  ".join(f"{k} " + "/".join(f"{x:.2f}" for x in v.values()) for k, v in row.items()
                           if isinstance(v, dict) and k != "rerank")
-        print(row["rerank"], "|", cells, f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"{args.keypoints} x {encoding}", row["rerank"], row["expansion"] or "", "|", cells, f"({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

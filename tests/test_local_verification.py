@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from instar import Index, search
-from instar.extract.local_keypoints import keypoints
-from instar.search.rerank.local_sp import LocalVerification, mutual_ratio_matches
+from instar.extract.local_keypoints import (decode_descriptors, encode_descriptors, keypoints,
+                                           merge_orientation_pairs)
+from instar.search.rerank.local_sp import LocalVerification, matches_of_many, mutual_ratio_matches
 from instar.store.columns import VERIFY_DESC as DESC
 from instar.store.columns import VERIFY_XY as XY
 from instar.presets import PresetError, preset_from_toml
@@ -94,3 +95,88 @@ def test_keypoints_are_in_the_given_images_pixels():
     assert len(pts) == 100 and desc.shape == (100, 128)
     assert pts.max() > 256 and pts.max() <= 512  # shrunk to 256 to detect, given back at 512
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
+
+
+def brute_force_matches(d, q, ratio):
+    """The definition, one database descriptor at a time: nearest query descriptor (first on ties), ratio test,
+    and no descriptor of the same candidate closer to that query descriptor."""
+    di, qi = [], []
+    for j in range(len(d)):
+        dist = ((q - d[j]) ** 2).sum(1)
+        i = int(np.argmin(dist))
+        second = np.partition(dist, 1)[1]
+        if not dist[i] < ratio ** 2 * second:
+            continue
+        if ((d - q[i]) ** 2).sum(1).min() < dist[i]:
+            continue
+        di.append(j)
+        qi.append(i)
+    return di, qi
+
+
+def test_batched_matching_equals_one_candidate_at_a_time_and_the_definition():
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 16, (300, 64)).astype(np.float32)
+    # candidates of different sizes (one empty): some descriptors are noisy copies of query ones, so matches exist
+    sizes = [40, 0, 75, 1, 120, 33]
+    cands = []
+    for m in sizes:
+        c = rng.integers(0, 16, (m, 64)).astype(np.float32)
+        copy = rng.random(m) < 0.5
+        c[copy] = np.clip(q[rng.integers(0, 300, copy.sum())] + rng.integers(-1, 2, (copy.sum(), 64)), 0, 15)
+        cands.append(c)
+    d = np.concatenate(cands)
+    for chunk in (16384, 100, 1):  # one block, blocks across candidates, a block per candidate
+        many = matches_of_many(d, np.array(sizes), q, 0.85, chunk=chunk)
+        assert len(many) == len(sizes)
+        found = 0
+        for c, (di, qi) in zip(cands, many):
+            one = mutual_ratio_matches(c, q, 0.85)
+            assert di.tolist() == one[0].tolist() and qi.tolist() == one[1].tolist()
+            assert (di.tolist(), qi.tolist()) == brute_force_matches(c, q, 0.85)
+            found += len(di)
+        assert found > 50  # the copies were matched: the comparison is not between empty lists
+
+
+def test_descriptor_encodings_keep_what_matching_needs():
+    im = Image.fromarray(skimage_photo("astronaut")[..., :3])
+    _, desc = keypoints(im, 512, 300)
+    pairs = merge_orientation_pairs(desc)
+    assert pairs.shape == (300, 64)
+    np.testing.assert_allclose(np.linalg.norm(pairs, axis=1), 1.0, atol=1e-5)  # pair merging keeps the norm
+    # bin 2k and 2k+1 of each cell merge into component k
+    np.testing.assert_allclose(pairs[:, 5], np.hypot(desc[:, 10], desc[:, 11]), rtol=1e-6)
+    for encoding, width, levels in (("u8", 128, 255), ("p64", 64, 255), ("p64q4", 32, 15)):
+        stored = encode_descriptors(desc, encoding)
+        assert stored.dtype == np.uint8 and stored.shape == (300, width)
+        decoded = decode_descriptors(stored, encoding)
+        assert decoded.min() >= 0 and decoded.max() <= levels
+        source = desc if encoding == "u8" else pairs
+        step = 1 / 255 if levels == 255 else 0.4 / 15
+        # every component is its level x step, off by at most half a step (nothing here reaches the 4-bit cap)
+        assert np.abs(decoded * step - source).max() <= step / 2 + 1e-6
+    # the 4-bit nibbles: high first
+    assert decode_descriptors(np.array([[0x3A, 0xF0]], np.uint8), "p64q4").tolist() == [[3, 10, 15, 0]]
+    with pytest.raises(ValueError, match="local.encoding must be one of"):
+        encode_descriptors(desc, "q2")
+
+
+def test_a_compact_index_stores_32_bytes_a_descriptor_and_still_verifies(tmp_path):
+    photos = tmp_path / "db"
+    photos.mkdir()
+    for n in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(skimage_photo(n)[..., :3]).save(photos / f"{n}.png")
+    toml = PRESET.replace("keypoints = 120", 'keypoints = 300\nencoding = "p64q4"')
+    cat = np.asarray(Image.open(photos / "chelsea.png"))
+    M = cv2.getRotationMatrix2D((cat.shape[1] / 2, cat.shape[0] / 2), 8, 0.7)
+    Image.fromarray(cv2.warpAffine(cat, M, (cat.shape[1], cat.shape[0]))).save(tmp_path / "query.png")
+    with Index.create(tmp_path / "c.index", preset_from_toml(toml)) as idx:
+        idx.add(sorted(photos.glob("*.png")), root=photos)
+        snap = idx.snapshot()
+        assert snap.column(DESC).shape[1] == 32
+        hits = search(idx, tmp_path / "query.png", k=3)
+        plain = {h.name: h.score for h in search(idx, tmp_path / "query.png", k=3,
+                                                 overrides={"rerank.method": "none"})}
+    assert hits[0].name == "chelsea.png" and hits[0].score > plain["chelsea.png"] + 0.5
+    with pytest.raises(PresetError, match="local.encoding = 'u4' is not one of u8, p64, p64q4"):
+        preset_from_toml(PRESET.replace("keypoints = 120", 'keypoints = 120\nencoding = "u4"'))

@@ -6,16 +6,18 @@ Extraction side: the `local` section (its own registry, in pipeline order after 
 
     [local]
     method = "rootsift"
-    keypoints = 150          # the strongest by detector response, of the image shrunk to `max_size`
+    keypoints = 600          # the strongest by detector response, of the image shrunk to `max_size`
     max_size = 640
+    encoding = "p64q4"       # u8: 128 B a descriptor; p64: orientation pairs merged, 64 B; p64q4: 4 bits, 32 B
 
 stores per image `verify_xy` (N, 2) float32 (pixels; the index scales them to the original image) and
-`verify_desc` (N, 128) uint8 (RootSIFT x 255, rounded): 136 bytes a keypoint, 20.4 KB for 150.
+`verify_desc` (N, B) uint8 (`instar.extract.local_keypoints.encode_descriptors`): 40 bytes a keypoint with p64q4.
 
 Search side: `rerank.method = "local-sp"`. The query's keypoints are not stored, so it gets more of them
-(`query_keypoints`, same image size). For each of the `top` candidates: every stored keypoint's two nearest query
-descriptors (L2), kept when the nearest passes Lowe's `ratio` test and is mutual; `cv2.estimateAffine2D` (RANSAC,
-`threshold` pixels of the described images) counts the inliers. The candidate's new score is
+(`query_keypoints`, same image size), encoded as the index's are. For each of the `top` candidates: every stored
+keypoint's two nearest query descriptors (L2), kept when the nearest passes Lowe's `ratio` test and is mutual
+(`matches_of_many`: all candidates in a few matrix products); `cv2.estimateAffine2D` (RANSAC, `threshold` pixels
+of the described images) counts the inliers. The candidate's new score is
 
     global score + weight * min(inliers / saturate, 1)    when inliers >= min_inliers, else the global score,
 
@@ -32,29 +34,68 @@ import numpy as np
 
 from ...core.protocols import RerankStage
 from ...core.registry import RERANKERS, Range
-from ...extract.local_keypoints import SCALE, keypoints
+from ...extract.local_keypoints import decode_descriptors, encode_descriptors, keypoints
 from ...store.columns import VERIFY_DESC as DESC
 from ...store.columns import VERIFY_XY as XY
 from ..types import Database, Query, Ranking
 
 
+def matches_of_many(d: np.ndarray, counts: np.ndarray, q: np.ndarray, ratio: float,
+                    chunk: int = 16384) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mutual ratio-test matches of several candidates at once. `d` (M, D) float32: the candidates' descriptors one
+    after the other, `counts` (n,) how many each has; `q` (N, D) float32 the query's. Per candidate, its (database
+    index within the candidate, query index) pairs: a database descriptor's nearest query descriptor (the first on
+    ties), kept when it is closer than `ratio` x the second nearest and no descriptor of the same candidate is
+    closer to that query descriptor. One matrix product per chunk of candidates (about `chunk` descriptors)
+    instead of one per candidate."""
+    counts = np.asarray(counts, np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if len(q) < 2:
+        return [empty] * len(counts)
+    q = np.asarray(q, np.float32)
+    q_sq = (q * q).sum(1)
+    c = 0
+    while c < len(counts):
+        stop = c + 1  # candidates c .. stop-1 form this chunk
+        while stop < len(counts) and starts[stop + 1] - starts[c] <= chunk:
+            stop += 1
+        lo, hi = int(starts[c]), int(starts[stop])
+        if hi == lo:
+            out.extend([empty] * (stop - c))
+            c = stop
+            continue
+        block = np.asarray(d[lo:hi], np.float32)
+        dist = (block * block).sum(1)[:, None] + q_sq[None, :] - 2.0 * (block @ q.T)  # squared L2 (m, N)
+        rows = np.arange(hi - lo)
+        nearest = dist.argmin(axis=1)
+        first = dist[rows, nearest].copy()
+        dist[rows, nearest] = np.inf
+        second = dist.min(axis=1)
+        dist[rows, nearest] = first
+        ok = np.maximum(first, 0) < (ratio ** 2) * np.maximum(second, 0)
+        local = starts[c:stop + 1] - lo
+        sizes = np.diff(local)
+        nonempty = np.nonzero(sizes)[0]
+        # each query descriptor's smallest distance within each candidate (n_nonempty, N)
+        seg_min = np.minimum.reduceat(dist, local[:-1][nonempty], axis=0)
+        which = np.repeat(np.arange(len(nonempty)), sizes[nonempty])
+        ok &= first <= seg_min[which, nearest]
+        for j in range(stop - c):
+            a, b = int(local[j]), int(local[j + 1])
+            keep = np.nonzero(ok[a:b])[0]
+            out.append((keep.astype(np.int64), nearest[a:b][keep].astype(np.int64)))
+        c = stop
+    return out
+
+
 def mutual_ratio_matches(d: np.ndarray, q: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """(database index, query index) pairs: each database descriptor's nearest query descriptor, kept when it is
-    closer than `ratio` x the second nearest and the database descriptor is that query descriptor's nearest too.
-    d (M, D), q (N, D) float32."""
-    if len(d) == 0 or len(q) < 2:
+    """(database index, query index) pairs of one candidate: `matches_of_many` with one candidate. d (M, D), q (N, D)
+    float32."""
+    if len(d) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    dist = (d * d).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (d @ q.T)  # squared L2 (M, N)
-    two = np.argpartition(dist, 1, axis=1)[:, :2]
-    d2 = np.take_along_axis(dist, two, 1)
-    swap = d2[:, 1] < d2[:, 0]
-    nearest = np.where(swap, two[:, 1], two[:, 0])
-    first, second = np.minimum(d2[:, 0], d2[:, 1]), np.maximum(d2[:, 0], d2[:, 1])
-    ok = np.maximum(first, 0) < (ratio ** 2) * np.maximum(second, 0)
-    back = dist.argmin(axis=0)  # each query descriptor's nearest database descriptor
-    ok &= back[nearest] == np.arange(len(d))
-    di = np.nonzero(ok)[0]
-    return di, nearest[di]
+    return matches_of_many(d, np.array([len(d)]), q, ratio)[0]
 
 
 @RERANKERS.register("local-sp")
@@ -84,9 +125,9 @@ class LocalVerification(RerankStage):
         def compute():
             image = query.prepared
             pts, desc = keypoints(image, stage.max_size, self.query_keypoints)
-            # the stored keypoints went through the uint8 rounding: so do the query's
-            return pts, np.rint(desc * SCALE).astype(np.float32)
-        return query.memo(("local-sp", stage.max_size, self.query_keypoints), compute)
+            # the stored keypoints went through the encoding's rounding: so do the query's
+            return pts, decode_descriptors(encode_descriptors(desc, stage.encoding), stage.encoding)
+        return query.memo(("local-sp", stage.max_size, self.query_keypoints, stage.encoding), compute)
 
     def inliers(self, db: Database, query: Query, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inlier counts (n,) int64 and the inliers' boxes (n, 4) float32 in original pixels (NaN: unverified)."""
@@ -101,20 +142,29 @@ class LocalVerification(RerankStage):
         boxes = np.full((len(positions), 4), np.nan, np.float32)
         # query keypoints are in the prepared query's pixels, stored ones in their original image's; RANSAC's
         # threshold is in the query's pixels (an affine model absorbs the scale between the two)
-        for i, p in enumerate(positions.tolist()):
-            s, c = int(starts[p]), int(counts[p])
-            out[i], boxes[i] = self.verify_pair(np.asarray(xy_col[s:s + c], np.float32),
-                                                np.asarray(desc_col[s:s + c], np.float32), q_xy, q_desc)
+        encoding = query.extractor.local.encoding
+        spans = [(int(starts[p]), int(counts[p])) for p in positions.tolist()]
+        xys = [np.asarray(xy_col[s:s + c], np.float32) for s, c in spans]
+        descs = [decode_descriptors(desc_col[s:s + c], encoding) for s, c in spans]
+        d_all = np.concatenate(descs) if descs else np.zeros((0, q_desc.shape[1]), np.float32)
+        matches = matches_of_many(d_all, np.array([c for _, c in spans], np.int64), q_desc, self.ratio)
+        for i, (d_xy, (di, qi)) in enumerate(zip(xys, matches)):
+            out[i], boxes[i] = self.ransac(d_xy, q_xy, di, qi)
         return out, boxes
 
     def verify_pair(self, d_xy: np.ndarray, d_desc: np.ndarray, q_xy: np.ndarray, q_desc: np.ndarray):
-        """One candidate's stored keypoints (positions (M, 2), uint8-scaled descriptors (M, 128) float32) against
-        the query's: (inlier count, the inliers' box (4,) in the candidate's pixels, NaN when unverified)."""
-        box = np.full(4, np.nan, np.float32)
+        """One candidate's stored keypoints (positions (M, 2), decoded descriptors (M, D) float32) against the
+        query's: (inlier count, the inliers' box (4,) in the candidate's pixels, NaN when unverified)."""
         if len(d_xy) < self.min_inliers or len(q_xy) < self.min_inliers:
-            return 0, box
+            return 0, np.full(4, np.nan, np.float32)
         di, qi = mutual_ratio_matches(d_desc, q_desc, self.ratio)
-        if len(di) < self.min_inliers:
+        return self.ransac(d_xy, q_xy, di, qi)
+
+    def ransac(self, d_xy: np.ndarray, q_xy: np.ndarray, di: np.ndarray, qi: np.ndarray):
+        """RANSAC affine over the matches (di, qi): (inlier count, the inliers' box (4,) in the candidate's pixels,
+        NaN when fewer than `min_inliers` agree)."""
+        box = np.full(4, np.nan, np.float32)
+        if len(di) < self.min_inliers or len(q_xy) < self.min_inliers:
             return 0, box
         model, mask = cv2.estimateAffine2D(d_xy[di], q_xy[qi], method=cv2.RANSAC,
                                            ransacReprojThreshold=self.threshold, maxIters=2000, confidence=0.99)
