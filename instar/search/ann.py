@@ -83,7 +83,9 @@ def _new(vectors: np.ndarray, factory: str, train: int) -> faiss.Index:
 
 
 def _load(store, factory: str, train: int, column: str, dim: int) -> tuple[faiss.Index, int] | None:
-    got = derived.load(_path(store, factory, train, column))
+    # memory-mapped: faiss copies the bytes into its own structures, so a second copy in memory would double the
+    # peak while loading (a 1M-row HNSW32 file is 5 GB)
+    got = derived.load(_path(store, factory, train, column), mmap=True)
     if got is None:
         return None
     arrays, meta = got

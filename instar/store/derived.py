@@ -55,12 +55,12 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> bool:
     blobs = []
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
-        data = a.tobytes()
+        data = a.reshape(-1).view(np.uint8)  # the array's own bytes, not a copy (a serialised index can be GBs)
         header["arrays"][name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
-                                  "nbytes": len(data), "crc32": zlib.crc32(data)}
-        pad = (-len(data)) % ALIGN
-        blobs.append(data + b"\0" * pad)
-        offset += len(data) + pad
+                                  "nbytes": int(data.nbytes), "crc32": zlib.crc32(data)}
+        pad = (-int(data.nbytes)) % ALIGN
+        blobs.append((data, b"\0" * pad))
+        offset += int(data.nbytes) + pad
     head = json.dumps(header).encode()
     head += b" " * ((-(len(MAGIC) + 8 + len(head))) % ALIGN)
     try:
@@ -72,8 +72,9 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> bool:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(head)) + head)
-            for blob in blobs:
-                f.write(blob)
+            for data, pad in blobs:
+                f.write(data)
+                f.write(pad)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
