@@ -150,20 +150,20 @@ def fresh_process_query(path: Path, vector, overrides: dict, work: Path) -> floa
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def fresh_process_searches(path: Path, queries: np.ndarray, overrides: dict, work: Path) -> tuple[float, float, float]:
+def fresh_process_searches(path: Path, queries: np.ndarray, overrides: dict, work: Path) -> tuple[float, ...]:
     """A new Python process opens the index and runs every query once through `search()` (the derived index loaded
-    from disk, not built): (p50 ms, resident GB after the queries, peak resident GB) -- what a server holding only
-    this filter keeps in memory, without the pages another family (the exact scan) touched in this process."""
+    from disk, not built): (p50 ms, resident GB after the queries, peak resident GB, of the resident the anonymous
+    part GB: what is not file pages the kernel may drop) -- what a server holding only this filter keeps in memory,
+    without the pages another family (the exact scan) touched in this process."""
     np.save(work / "queries.npy", queries)
     code = ("import sys,time,json,numpy as np; sys.path.insert(0, %r); from instar import Index, search; "
             "i=Index.open(%r); qs=np.load(%r); o=json.loads(%r); search(i, qs[0], k=100, overrides=o); t=[]\n"
             "for q in qs:\n t0=time.perf_counter(); search(i, q, k=100, overrides=o); t.append(time.perf_counter()-t0)\n"
-            "s={l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmRSS','VmHWM'))}\n"
-            "print(1000*float(np.median(t)), s['VmRSS']/2**20, s['VmHWM']/2**20)") % (
+            "s={l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(('VmRSS','VmHWM','RssAnon'))}\n"
+            "print(1000*float(np.median(t)), s['VmRSS']/2**20, s['VmHWM']/2**20, s['RssAnon']/2**20)") % (
         str(ROOT), str(path), str(work / "queries.npy"), json.dumps(overrides))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    ms, rss, peak = map(float, out.stdout.strip().splitlines()[-1].split())
-    return ms, rss, peak
+    return tuple(map(float, out.stdout.strip().splitlines()[-1].split()))
 
 
 def http_times(path: Path, photos: list[Path], overrides: dict, work: Path) -> list[float]:
@@ -224,7 +224,7 @@ def global_family(args, work: Path, real: np.ndarray, photos: list[Path], out: d
         search(index, queries[0], k=K, overrides=settings)  # builds (or loads) the derived index
         first = time.perf_counter() - t
         got, times = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
-        fresh_ms, fresh_rss, fresh_peak = fresh_process_searches(path, np.stack(queries), settings, work)
+        fresh_ms, fresh_rss, fresh_peak, fresh_anon = fresh_process_searches(path, np.stack(queries), settings, work)
         if key not in ("sq8", "pq64"):  # printed beside pq, no fixed key
             out[f"{key}_ms"], out[f"{key}_recall100"], out[f"{key}_rss_gb"] = p(times, 50), recall(got, exact), fresh_rss
         slug = "".join(c if c.isalnum() else "_" for c in settings["filter.index"])
@@ -234,7 +234,7 @@ def global_family(args, work: Path, real: np.ndarray, photos: list[Path], out: d
               f"exact scan's pages included)  [{settings['filter.index']} rescore {settings.get('filter.rescore', 0)}]"
               f"  load {load()}")
         print(f"{key:6} in a fresh process (derived file loaded, only this filter's pages): p50 {fresh_ms:.1f} ms  "
-              f"resident {fresh_rss:.2f} GB  peak {fresh_peak:.2f} GB", flush=True)
+              f"resident {fresh_rss:.2f} GB (anonymous {fresh_anon:.2f})  peak {fresh_peak:.2f} GB", flush=True)
         if "http" not in args.skip and key == "ann":
             ht = http_times(path, photos[:args.http], settings, work)
             print(f"{key:6} over HTTP with a photo (trunk included): p50 {p(ht, 50):.0f} ms  p99 {p(ht, 99):.0f} ms")

@@ -48,11 +48,12 @@ def main() -> None:
                              "filter.train": "30000"})
         search(index, queries[0], k=K, overrides=settings)  # loads the derived file
         got, times = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
-        ms, rss, peak = fresh_process_searches(args.index, scale.np.stack(queries), settings, work)
+        ms, rss, peak, anon = fresh_process_searches(args.index, scale.np.stack(queries), settings, work)
         key = "".join(c for c in factory.split(",")[-1].lower() if c.isalnum())
         out[f"{key}_ms"], out[f"{key}_recall100"], out[f"{key}_rss_gb"] = p(times, 50), recall(got, exact), rss
         print(f"{factory:14} p50 {p(times, 50):7.1f} ms  p99 {p(times, 99):7.1f} ms  recall@100 {recall(got, exact):.3f}"
-              f" | fresh process: p50 {ms:.1f} ms, resident {rss:.2f} GB, peak {peak:.2f} GB  load {load()}",
+              f" | fresh process: p50 {ms:.1f} ms, resident {rss:.2f} GB (anonymous {anon:.2f}), peak {peak:.2f} GB"
+              f"  load {load()}",
               flush=True)
     print(" ".join(f"{k}={v:.3g}" for k, v in out.items()))
 
