@@ -126,8 +126,10 @@ def test_batched_matching_equals_one_candidate_at_a_time_and_the_definition():
         c[copy] = np.clip(q[rng.integers(0, 300, copy.sum())] + rng.integers(-1, 2, (copy.sum(), 64)), 0, 15)
         cands.append(c)
     d = np.concatenate(cands)
-    for chunk in (16384, 100, 1):  # one block, blocks across candidates, a block per candidate
-        many = matches_of_many(d, np.array(sizes), q, 0.85, chunk=chunk)
+    for order in (slice(None), slice(None, None, -1)):  # candidates in either order: nothing leaks between them
+        cands, sizes = cands[order], sizes[order]
+        d = np.concatenate(cands)
+        many = matches_of_many(d, np.array(sizes), q, 0.85)
         assert len(many) == len(sizes)
         found = 0
         for c, (di, qi) in zip(cands, many):

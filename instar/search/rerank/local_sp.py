@@ -41,52 +41,55 @@ from ..types import Database, Query, Ranking
 
 
 def matches_of_many(d: np.ndarray, counts: np.ndarray, q: np.ndarray, ratio: float,
-                    chunk: int = 16384) -> list[tuple[np.ndarray, np.ndarray]]:
+                    block: int = 2048) -> list[tuple[np.ndarray, np.ndarray]]:
     """Mutual ratio-test matches of several candidates at once. `d` (M, D) float32: the candidates' descriptors one
     after the other, `counts` (n,) how many each has; `q` (N, D) float32 the query's. Per candidate, its (database
-    index within the candidate, query index) pairs: a database descriptor's nearest query descriptor (the first on
-    ties), kept when it is closer than `ratio` x the second nearest and no descriptor of the same candidate is
-    closer to that query descriptor. One matrix product per chunk of candidates (about `chunk` descriptors)
-    instead of one per candidate."""
+    index within the candidate, query index) pairs: a database descriptor's nearest query descriptor, kept when it
+    is closer than `ratio` x the second nearest and no descriptor of the same candidate is closer to that query
+    descriptor. The two nearest query descriptors of every database descriptor come from matrix products over
+    blocks of `block` database descriptors (each block's (block, N) scores stay in cache while its nearest and
+    second nearest are read); the mutual check compares only the query descriptors that passed the ratio test with
+    their candidate's descriptors. A tie for the nearest fails the
+    ratio test, so which of two equally near descriptors is reported never matters; with integer-valued
+    descriptors (the stored encodings) every distance is exact in float32."""
     counts = np.asarray(counts, np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    out: list[tuple[np.ndarray, np.ndarray]] = []
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if len(q) < 2:
+    if len(q) < 2 or starts[-1] == 0:
         return [empty] * len(counts)
-    q = np.asarray(q, np.float32)
+    q = np.ascontiguousarray(q, np.float32)
+    d = np.asarray(d, np.float32)
+    q2t = np.ascontiguousarray(2.0 * q.T)
     q_sq = (q * q).sum(1)
-    c = 0
-    while c < len(counts):
-        stop = c + 1  # candidates c .. stop-1 form this chunk
-        while stop < len(counts) and starts[stop + 1] - starts[c] <= chunk:
-            stop += 1
-        lo, hi = int(starts[c]), int(starts[stop])
-        if hi == lo:
-            out.extend([empty] * (stop - c))
-            c = stop
+    first = np.empty(len(d), np.float32)
+    second = np.empty(len(d), np.float32)
+    nearest = np.empty(len(d), np.int64)
+    for lo in range(0, len(d), block):  # blocks small enough to stay in cache across the passes below
+        part = d[lo:lo + block]
+        score = part @ q2t  # 2 d.q; the squared distance is |d|^2 + |q|^2 - 2 d.q
+        score -= q_sq
+        rows = np.arange(len(part))
+        best = score.argmax(axis=1)
+        top = score[rows, best]
+        score[rows, best] = -np.inf
+        d_sq = (part * part).sum(1)
+        first[lo:lo + block], second[lo:lo + block] = d_sq - top, d_sq - score.max(axis=1)
+        nearest[lo:lo + block] = best
+    ok = np.maximum(first, 0) < (ratio ** 2) * np.maximum(second, 0)
+    nn = nearest[:, None]
+    out = []
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        rows = np.nonzero(ok[a:b])[0]
+        if not len(rows):
+            out.append(empty)
             continue
-        block = np.asarray(d[lo:hi], np.float32)
-        dist = (block * block).sum(1)[:, None] + q_sq[None, :] - 2.0 * (block @ q.T)  # squared L2 (m, N)
-        rows = np.arange(hi - lo)
-        nearest = dist.argmin(axis=1)
-        first = dist[rows, nearest].copy()
-        dist[rows, nearest] = np.inf
-        second = dist.min(axis=1)
-        dist[rows, nearest] = first
-        ok = np.maximum(first, 0) < (ratio ** 2) * np.maximum(second, 0)
-        local = starts[c:stop + 1] - lo
-        sizes = np.diff(local)
-        nonempty = np.nonzero(sizes)[0]
-        # each query descriptor's smallest distance within each candidate (n_nonempty, N)
-        seg_min = np.minimum.reduceat(dist, local[:-1][nonempty], axis=0)
-        which = np.repeat(np.arange(len(nonempty)), sizes[nonempty])
-        ok &= first <= seg_min[which, nearest]
-        for j in range(stop - c):
-            a, b = int(local[j]), int(local[j + 1])
-            keep = np.nonzero(ok[a:b])[0]
-            out.append((keep.astype(np.int64), nearest[a:b][keep].astype(np.int64)))
-        c = stop
+        qi = nn[a:b, 0][rows].astype(np.int64)
+        cand = d[a:b]
+        sub = q[qi]
+        # distances of each tentatively matched query descriptor to every descriptor of this candidate (m, b - a)
+        dist = (sub * sub).sum(1)[:, None] + (cand * cand).sum(1)[None, :] - 2.0 * (sub @ cand.T)
+        mutual = dist[np.arange(len(rows)), rows] <= dist.min(axis=1)
+        out.append((rows[mutual].astype(np.int64), qi[mutual]))
     return out
 
 
