@@ -6,8 +6,9 @@ loaded, not rebuilt), e.g. on an idle machine after a long run on a loaded one:
 
 The index holds scale.py's state at its end: 1% of the rows removed, so every figure here is with the removed mask
 applied (the knn row is the "after removal" figure). Queries are scale.py's (the 40 real gem-lite0 descriptors in
-its work folder). Per setting: p50 / p99 over the queries in this process, recall@100 against exact knn, and a
-fresh process's p50, resident and peak GB (`fresh_process_searches`). Last line: `key=value` pairs.
+its work folder). Per setting: p50 / p99 over the queries in this process, recall@100 against exact knn, the
+filter alone on one snapshot with and without the removed mask (the removal's own cost, same run), and a fresh
+process's p50, resident and peak GB (`fresh_process_searches`). Last line: `key=value` pairs.
 """
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def main() -> None:
                              "filter.train": "30000"})
         search(index, queries[0], k=K, overrides=settings)  # loads the derived file
         got, times = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
+        # the filter alone on one snapshot, with the removed rows masked and with the mask dropped
+        from dataclasses import replace
+        from instar.core.registry import FILTERS
+        from instar.search.types import Database
+        stage = FILTERS.build_section({"method": "ann", "index": factory,
+                                       **{k.split(".")[1]: int(v) for k, v in settings.items()
+                                          if k not in ("filter.method", "filter.index")}})
+        db = Database.from_index(index)
+        bare = replace(db, removed=None, cache={})
+        _, t_masked = timed(lambda q: stage.search(db, q, K), queries)
+        _, t_bare = timed(lambda q: stage.search(bare, q, K), queries)
+        print(f"{factory:14} filter alone: masked p50 {p(t_masked, 50):.1f} ms, unmasked {p(t_bare, 50):.1f} ms "
+              f"({p(t_masked, 50) / p(t_bare, 50):.2f}x)", flush=True)
         ms, rss, peak, anon = fresh_process_searches(args.index, scale.np.stack(queries), settings, work)
         key = "".join(c for c in factory.split(",")[-1].lower() if c.isalnum())
         out[f"{key}_ms"], out[f"{key}_recall100"], out[f"{key}_rss_gb"] = p(times, 50), recall(got, exact), rss
