@@ -187,7 +187,7 @@ def test_k_below_one_is_refused(corpus, unchanged, k):
 
 def test_unknown_expansion_is_refused_before_describing(corpus, unchanged):
     r = cli("search", unchanged, corpus / "bomb.png", "--expansion", "magic")
-    assert r.exit_code == 2 and r.stderr == "error: --expansion 'magic': expected one of none, aqe, alpha-qe, gqe, lqe, gqe+lqe\n"
+    assert r.exit_code == 2 and r.stderr == "error: --expansion 'magic': expected one of none, aqe, alpha-qe, gqe, lqe, gqe+lqe, diffusion, alpha-dba\n"
 
 
 def test_k_validated_in_a_real_process(corpus, unchanged):
