@@ -27,6 +27,8 @@ from instar import Index, search  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--drh-index", type=Path, help="scale.py's kept DRH index: its whole query (gDRH, gQE, lDRH, "
+                    "lQE) against exact float knn through the same API, as scale.py times them")
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--settings", nargs="*", default=["HNSW32", "IVF4096,SQ8", "IVF4096,PQ64"])
     ap.add_argument("--nprobe", type=int, default=32)
@@ -69,6 +71,16 @@ def main() -> None:
               f" | fresh process: p50 {ms:.1f} ms, resident {rss:.2f} GB (anonymous {anon:.2f}), peak {peak:.2f} GB"
               f"  load {load()}",
               flush=True)
+    index.close()
+    if args.drh_index:
+        drh = Index.open(args.drh_index)
+        plain = {"filter.method": "knn", "rerank.method": "none", "expansion.method": "none"}
+        _, t_plain = timed(lambda q: search(drh, q, k=K, overrides=plain), queries)
+        _, t_drh = timed(lambda q: search(drh, q, k=K), queries)
+        out["drh_ms"], out["drh_vs_knn"] = p(t_drh, 50), p(t_plain, 50) / p(t_drh, 50)
+        print(f"drh    p50 {p(t_drh, 50):8.1f} ms  p99 {p(t_drh, 99):8.1f} ms  (exact float knn on the same index "
+              f"{p(t_plain, 50):.1f} ms: {out['drh_vs_knn']:.1f}x)  load {load()}", flush=True)
+        drh.close()
     print(" ".join(f"{k}={v:.3g}" for k, v in out.items()))
 
 
