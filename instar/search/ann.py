@@ -82,9 +82,25 @@ def _new(vectors: np.ndarray, factory: str, train: int) -> faiss.Index:
     return index
 
 
+def _read_index(blob: np.memmap, binary: bool) -> faiss.Index:
+    """A faiss index from its serialised bytes `blob` (a memory map of the derived file, already checksummed),
+    streamed from the file in 16 MiB reads: `deserialize_index` would first copy all of it into one buffer."""
+    path, offset, size = blob.filename, blob.offset, blob.nbytes
+    del blob  # the checksum's pages need not stay mapped while faiss reads
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = [size]
+
+        def read(n: int) -> bytes:
+            n = min(n, left[0])
+            left[0] -= n
+            return f.read(n)
+        reader = faiss.PyCallbackIOReader(read, 1 << 24)
+        return faiss.read_index_binary(reader) if binary else faiss.read_index(reader)
+
+
 def _load(store, factory: str, train: int, column: str, dim: int) -> tuple[faiss.Index, int] | None:
-    # memory-mapped: faiss copies the bytes into its own structures, so a second copy in memory would double the
-    # peak while loading (a 1M-row HNSW32 file is 5 GB)
+    # memory-mapped (checked, not copied), then streamed into faiss: a 1M-row HNSW32 file is 5 GB
     got = derived.load(_path(store, factory, train, column), mmap=True)
     if got is None:
         return None
@@ -93,8 +109,7 @@ def _load(store, factory: str, train: int, column: str, dim: int) -> tuple[faiss
             or meta.get("train") != train or "index" not in arrays):
         return None
     try:
-        read = faiss.deserialize_index if column == GLOBAL else faiss.deserialize_index_binary
-        index = read(arrays["index"])
+        index = _read_index(arrays.pop("index"), binary=column != GLOBAL)
     except RuntimeError as e:
         log.warning("%s: not a faiss index (%s); rebuilding it", _path(store, factory, train, column), e)
         return None
