@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import scale  # noqa: E402  (sets the one-thread environment before numpy loads)
 from scale import K, fresh_process_searches, load, p, recall, timed  # noqa: E402
 
 from instar import Index, search  # noqa: E402
+from instar.core.registry import FILTERS  # noqa: E402
+from instar.search.types import Database  # noqa: E402
 
 
 def main() -> None:
@@ -52,9 +55,6 @@ def main() -> None:
         search(index, queries[0], k=K, overrides=settings)  # loads the derived file
         got, times = timed(lambda q: search(index, q, k=K, overrides=settings), queries)
         # the filter alone on one snapshot, with the removed rows masked and with the mask dropped
-        from dataclasses import replace
-        from instar.core.registry import FILTERS
-        from instar.search.types import Database
         stage = FILTERS.build_section({"method": "ann", "index": factory,
                                        **{k.split(".")[1]: int(v) for k, v in settings.items()
                                           if k not in ("filter.method", "filter.index")}})

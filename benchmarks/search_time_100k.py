@@ -23,9 +23,9 @@ import numpy as np
 
 from instar.evaluation.datasets import load_dataset
 from instar.extract.images import load_image, resize_longest
-from instar.extract.local_keypoints import decode_descriptors, encode_descriptors, keypoints
+from instar.extract.local_keypoints import keypoints, stored_levels
 from instar.search.expansion.manifold import alpha_dba
-from instar.search.rerank.local_sp import LocalVerification, matches_of_many
+from instar.search.rerank.local_sp import LocalVerification
 from instar.search import knn
 
 DATA = Path("/work/shared/data")
@@ -49,9 +49,7 @@ def main() -> None:
     for p in ds.database[: args.top]:
         im = resize_longest(load_image(p), 1024)
         pts, desc = keypoints(im, 640, args.keypoints)
-        stored.append((pts, decode_descriptors(encode_descriptors(desc, args.encoding), args.encoding)))
-    d_all = np.concatenate([d for _, d in stored])
-    counts = np.array([len(d) for _, d in stored])
+        stored.append((pts, stored_levels(desc, args.encoding)))
     stage = LocalVerification(top=args.top, query_keypoints=args.query_keypoints)
     t_knn, t_kp, t_verify, t_loop, t_dba = [], [], [], [], []
     for q in ds.queries[: args.queries]:
@@ -65,11 +63,10 @@ def main() -> None:
         im = resize_longest(load_image(q.image), 1024)
         t0 = time.perf_counter()
         q_xy, q_desc = keypoints(im, 640, args.query_keypoints)
-        q_desc = decode_descriptors(encode_descriptors(q_desc, args.encoding), args.encoding)
+        q_desc = stored_levels(q_desc, args.encoding)
         t_kp.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        batched = [stage.ransac(xy, q_xy, di, qi)[0]
-                   for (xy, _), (di, qi) in zip(stored, matches_of_many(d_all, counts, q_desc, stage.ratio))]
+        batched = stage.verify_many(stored, q_xy, q_desc)[0].tolist()
         t_verify.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         loop = [stage.verify_pair(d_xy, d_desc, q_xy, q_desc)[0] for d_xy, d_desc in stored]

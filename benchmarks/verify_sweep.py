@@ -26,8 +26,8 @@ from fusion_sweep import datasets, subset_rows, ukbench_dups, vectors
 from instar import load_preset
 from instar.extract.extractor import Extractor
 from instar.evaluation.datasets.others import load_smvs
-from instar.extract.local_keypoints import decode_descriptors, encode_descriptors, keypoints
-from instar.search.rerank.local_sp import LocalVerification, matches_of_many
+from instar.extract.local_keypoints import keypoints, stored_levels
+from instar.search.rerank.local_sp import LocalVerification
 from instar.core.registry import EXPANSIONS
 from instar.search import Query
 from instar.search.types import Database, Ranking
@@ -63,9 +63,16 @@ def local_cache(cache: Path, n_db: int, n_q: int, max_size: int) -> dict:
     return out
 
 
+def with_train_split(sets: dict) -> dict:
+    """`sets` plus `smvs-dvd-covers-train`: covers 001-050's phone photos against those 50 scans (the tuning split)."""
+    sets["smvs-dvd-covers-train"] = load_smvs(sets["smvs-dvd-covers"].root, objects=[f"{i:03d}" for i in range(1, 51)],
+                                              name="smvs-dvd-covers-train")
+    return sets
+
+
 def encoded(kp: list, encoding: str) -> list:
     """(positions, descriptors) pairs with the descriptors stored and decoded as `encoding` does."""
-    return [(xy, decode_descriptors(encode_descriptors(d, encoding), encoding)) for xy, d in kp]
+    return [(xy, stored_levels(d, encoding)) for xy, d in kp]
 
 
 def rerank(sim: np.ndarray, db_kp, q_kp, stage: LocalVerification | None, expansion=None, fused=None) -> np.ndarray:
@@ -79,10 +86,7 @@ def rerank(sim: np.ndarray, db_kp, q_kp, stage: LocalVerification | None, expans
         scores = sim[qi, r].astype(np.float32)
         if stage is not None:
             head = r[:stage.top]
-            q_xy, q_desc = q_kp[qi]
-            matches = matches_of_many(np.concatenate([db_kp[j][1] for j in head]),
-                                      np.array([len(db_kp[j][1]) for j in head]), q_desc, stage.ratio)
-            inl = np.array([stage.ransac(db_kp[j][0], q_xy, di, qi_)[0] for j, (di, qi_) in zip(head, matches)])
+            inl, _ = stage.verify_many([db_kp[j] for j in head], *q_kp[qi])
             s = sim[qi, head] + stage.bonus(inl)
             order = np.argsort(-s, kind="stable")
             r = np.concatenate([head[order], r[stage.top:]])
@@ -118,9 +122,7 @@ def main() -> None:
     parts = [(p.split(":")[0], float(p.split(":")[1])) for p in args.parts.split(",")]
     vecs = [(vectors(n, args.cache), w) for n, w in parts]
     kp = local_cache(args.cache, args.keypoints, args.query_keypoints, args.max_size)
-    sets = datasets()
-    sets["smvs-dvd-covers-train"] = load_smvs(sets["smvs-dvd-covers"].root, objects=[f"{i:03d}" for i in range(1, 51)],
-                                              name="smvs-dvd-covers-train")
+    sets = with_train_split(datasets())
     wanted = set(filter(None, args.sets.split(","))) or set(sets) | {"ukbench-dups"}
     subsets = {name: subset_rows(sets["smvs-dvd-covers"], sets[name])
                for name in ("smvs-dvd-covers-test", "smvs-dvd-covers-train")}

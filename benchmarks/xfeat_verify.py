@@ -30,13 +30,11 @@ import torch
 
 from fusion_sweep import datasets, subset_rows, vectors
 from instar import load_preset
-from instar.evaluation.datasets.others import load_smvs
 from instar.extract.extractor import Extractor
 from instar.extract.images import resize_longest
-from instar.extract.local_keypoints import decode_descriptors, encode_descriptors
 from instar.search import Query
-from instar.search.rerank.local_sp import LocalVerification, matches_of_many
-from verify_sweep import local_cache
+from instar.search.rerank.local_sp import LocalVerification
+from verify_sweep import encoded, local_cache, with_train_split
 
 
 def xfeat_features(xf, image, n: int) -> dict:
@@ -62,9 +60,7 @@ def main() -> None:
     xf.lighterglue = LighterGlue()
     stage = LocalVerification(top=args.top, saturate=100)
     ex = Extractor(load_preset("sscd"))  # its image stage only (longest side 1024), as verify_sweep
-    sets = datasets()
-    sets["smvs-dvd-covers-train"] = load_smvs(sets["smvs-dvd-covers"].root, objects=[f"{i:03d}" for i in range(1, 51)],
-                                              name="smvs-dvd-covers-train")
+    sets = with_train_split(datasets())
     vecs = [vectors("sscd", args.cache), vectors("spoc-lite0", args.cache)]
     kp = local_cache(args.cache, 600, 1000, 640)
     print(f"load {os.getloadavg()}", flush=True)
@@ -77,8 +73,7 @@ def main() -> None:
             rows = subset_rows(sets[src], ds)
             sim = sim[rows[1]][:, rows[0]]
             db_kp, q_kp = [db_kp[i] for i in rows[0]], [q_kp[i] for i in rows[1]]
-        enc = lambda kps: [(xy, decode_descriptors(encode_descriptors(d, "p64q4"), "p64q4")) for xy, d in kps]  # noqa: E731
-        db_kp, q_kp = enc(db_kp), enc(q_kp)
+        db_kp, q_kp = encoded(db_kp, "p64q4"), encoded(q_kp, "p64q4")
         t0 = time.perf_counter()
         db_x = []
         for p in ds.database:
@@ -98,11 +93,8 @@ def main() -> None:
             def rescored(inliers):
                 s = sim[qi, head] + stage.bonus(np.array(inliers))
                 return np.concatenate([head[np.argsort(-s, kind="stable")], r[args.top:]])
-            q_xy, q_desc = q_kp[qi]
             t = time.perf_counter()
-            matches = matches_of_many(np.concatenate([db_kp[j][1] for j in head]),
-                                      np.array([len(db_kp[j][1]) for j in head]), q_desc, stage.ratio)
-            inl = [stage.ransac(db_kp[j][0], q_xy, di, mi)[0] for j, (di, mi) in zip(head, matches)]
+            inl, _ = stage.verify_many([db_kp[j] for j in head], *q_kp[qi])
             t_match["rootsift"].append((time.perf_counter() - t) / len(head))
             ranks["rootsift"].append(rescored(inl))
             t = time.perf_counter()

@@ -72,6 +72,12 @@ def decode_descriptors(stored: np.ndarray, encoding: str) -> np.ndarray:
     return stored.astype(np.float32)
 
 
+def stored_levels(desc: np.ndarray, encoding: str) -> np.ndarray:
+    """RootSIFT (N, 128) float32 -> what matching compares after a round trip through `encoding`'s storage: the
+    query's descriptors go through it so that they meet the stored ones on the same levels."""
+    return decode_descriptors(encode_descriptors(desc, encoding), encoding)
+
+
 @LOCALS.register("rootsift", choices={"encoding": tuple(ENCODINGS)})
 class StoredRootSIFT(LocalStage):
     """The `keypoints` strongest RootSIFT keypoints of the image shrunk to `max_size`, stored compactly for the

@@ -34,7 +34,7 @@ import numpy as np
 
 from ...core.protocols import RerankStage
 from ...core.registry import RERANKERS, Range
-from ...extract.local_keypoints import decode_descriptors, encode_descriptors, keypoints
+from ...extract.local_keypoints import decode_descriptors, keypoints, stored_levels
 from ...store.columns import VERIFY_DESC as DESC
 from ...store.columns import VERIFY_XY as XY
 from ..types import Database, Query, Ranking
@@ -76,20 +76,19 @@ def matches_of_many(d: np.ndarray, counts: np.ndarray, q: np.ndarray, ratio: flo
         first[lo:lo + block], second[lo:lo + block] = d_sq - top, d_sq - score.max(axis=1)
         nearest[lo:lo + block] = best
     ok = np.maximum(first, 0) < (ratio ** 2) * np.maximum(second, 0)
-    nn = nearest[:, None]
     out = []
     for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
         rows = np.nonzero(ok[a:b])[0]
         if not len(rows):
             out.append(empty)
             continue
-        qi = nn[a:b, 0][rows].astype(np.int64)
+        qi = nearest[a:b][rows]
         cand = d[a:b]
         sub = q[qi]
         # distances of each tentatively matched query descriptor to every descriptor of this candidate (m, b - a)
         dist = (sub * sub).sum(1)[:, None] + (cand * cand).sum(1)[None, :] - 2.0 * (sub @ cand.T)
         mutual = dist[np.arange(len(rows)), rows] <= dist.min(axis=1)
-        out.append((rows[mutual].astype(np.int64), qi[mutual]))
+        out.append((rows[mutual], qi[mutual]))
     return out
 
 
@@ -129,7 +128,7 @@ class LocalVerification(RerankStage):
             image = query.prepared
             pts, desc = keypoints(image, stage.max_size, self.query_keypoints)
             # the stored keypoints went through the encoding's rounding: so do the query's
-            return pts, decode_descriptors(encode_descriptors(desc, stage.encoding), stage.encoding)
+            return pts, stored_levels(desc, stage.encoding)
         return query.memo(("local-sp", stage.max_size, self.query_keypoints, stage.encoding), compute)
 
     def inliers(self, db: Database, query: Query, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,18 +139,23 @@ class LocalVerification(RerankStage):
         q_xy, q_desc = self._query(query)
         starts, counts = db.cached(("local-sp", "spans"), lambda: snap.spans(XY, db.rows))
         xy_col, desc_col = snap.column(XY), snap.column(DESC)
-        positions = np.asarray(positions, np.int64)
-        out = np.zeros(len(positions), np.int64)
-        boxes = np.full((len(positions), 4), np.nan, np.float32)
         # query keypoints are in the prepared query's pixels, stored ones in their original image's; RANSAC's
         # threshold is in the query's pixels (an affine model absorbs the scale between the two)
         encoding = query.extractor.local.encoding
-        spans = [(int(starts[p]), int(counts[p])) for p in positions.tolist()]
-        xys = [np.asarray(xy_col[s:s + c], np.float32) for s, c in spans]
-        descs = [decode_descriptors(desc_col[s:s + c], encoding) for s, c in spans]
-        d_all = np.concatenate(descs) if descs else np.zeros((0, q_desc.shape[1]), np.float32)
-        matches = matches_of_many(d_all, np.array([c for _, c in spans], np.int64), q_desc, self.ratio)
-        for i, (d_xy, (di, qi)) in enumerate(zip(xys, matches)):
+        spans = [(int(starts[p]), int(counts[p])) for p in np.asarray(positions, np.int64).tolist()]
+        return self.verify_many([(np.asarray(xy_col[s:s + c], np.float32),
+                                  decode_descriptors(desc_col[s:s + c], encoding)) for s, c in spans], q_xy, q_desc)
+
+    def verify_many(self, candidates: list[tuple[np.ndarray, np.ndarray]], q_xy: np.ndarray, q_desc: np.ndarray):
+        """Candidates' keypoints (positions (M_i, 2), decoded descriptors (M_i, D) float32) against the query's, all
+        matched at once (`matches_of_many`), then RANSAC each: inlier counts (n,) int64 and boxes (n, 4) float32."""
+        out = np.zeros(len(candidates), np.int64)
+        boxes = np.full((len(candidates), 4), np.nan, np.float32)
+        if not candidates:
+            return out, boxes
+        matches = matches_of_many(np.concatenate([d for _, d in candidates]),
+                                  np.array([len(d) for _, d in candidates], np.int64), q_desc, self.ratio)
+        for i, ((d_xy, _), (di, qi)) in enumerate(zip(candidates, matches)):
             out[i], boxes[i] = self.ransac(d_xy, q_xy, di, qi)
         return out, boxes
 
